@@ -1,0 +1,57 @@
+# The few commands that matter. `make help` lists them.
+VENV ?= .venv
+PYTHON ?= python3
+# The torch build to install first: the CPU wheel by default. For a CUDA machine, e.g.
+#   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+BIN := $(CURDIR)/$(VENV)/bin
+# Stages in dvc.yaml call `mlpipe`; make it resolve to this project's environment.
+export PATH := $(BIN):$(PATH)
+STAMP := $(VENV)/.setup-complete
+
+.PHONY: help setup repro test test-fast lint format bench dag mlflow-ui lock clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## Create $(VENV) with the project (editable) and its dev tools
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	touch $@
+
+repro: setup ## Run the pipeline (dvc repro): prepare → train → evaluate → package
+	dvc repro
+
+test: setup ## Run every test, end-to-end ones included
+	pytest $(PYTEST_ARGS)
+
+test-fast: setup ## Run the fast tests only (no servers, no dvc runs)
+	pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup ## Check style and formatting
+	ruff check src tests
+	ruff format --check src tests
+
+format: setup ## Fix formatting and the auto-fixable lint findings
+	ruff format src tests
+	ruff check --fix src tests
+
+dag: setup ## Draw the pipeline
+	dvc dag
+
+mlflow-ui: setup ## Browse the local MLflow store at http://127.0.0.1:5000
+	mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000
+
+lock: setup ## Re-pin requirements.lock from the current environment
+	{ sed -n '1,3p' requirements.lock; $(BIN)/python -m pip freeze --exclude-editable \
+	  | grep -viE '^(torch|nvidia-|triton|mlpipe)=='; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean: ## Remove caches (not the environment, data or models)
+	rm -rf .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

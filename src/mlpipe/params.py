@@ -1,0 +1,145 @@
+"""The params.yaml schema: validated into typed objects before a stage touches anything."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mlpipe.errors import ParamsError
+from mlpipe.paths import PARAMS_FILE
+
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DataParams(_Section):
+    """Which dataset to prepare and how to split it."""
+
+    dataset: Literal["digits", "fashion-mnist", "imagefolder"] = "digits"
+    # fashion-mnist: a directory with the four IDX files (null downloads them);
+    # imagefolder: a directory of class_name/*.png. Keep it under data/raw so DVC tracks it.
+    source: str | None = None
+    # [height, width] to resize imagefolder images to; null requires them all to share one size.
+    image_size: (
+        Annotated[list[Annotated[int, Field(ge=4, le=512)]], Field(min_length=2, max_length=2)] | None
+    ) = None
+    val_fraction: Fraction = 0.1
+    test_fraction: Fraction = 0.2
+    max_samples: Annotated[int, Field(ge=10)] | None = None
+    seed: Seed = 42
+
+    @model_validator(mode="after")
+    def _check(self) -> DataParams:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
+        if self.dataset == "imagefolder" and not self.source:
+            raise ValueError("source is required for dataset 'imagefolder' (a class_name/*.png tree)")
+        if self.image_size is not None and self.dataset != "imagefolder":
+            raise ValueError("image_size applies to dataset 'imagefolder' only")
+        return self
+
+
+class ModelParams(_Section):
+    """The CNN's shape: `depth` conv blocks starting at `width` channels, doubling each block."""
+
+    width: Annotated[int, Field(ge=1, le=512)] = 32
+    depth: Annotated[int, Field(ge=1, le=6)] = 2
+    hidden: Annotated[int, Field(ge=1, le=4096)] = 128
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+    batch_norm: bool = True
+
+
+class TrainParams(_Section):
+    """Optimisation settings; `device: auto` picks CUDA when present, else CPU."""
+
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = 30
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 64
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.003
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    seed: Seed = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    compile: bool = False
+
+
+class EvaluateParams(_Section):
+    """Evaluation settings."""
+
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 1024
+    misclassified_examples: Annotated[int, Field(ge=0, le=400)] = 36
+
+
+class PackageParams(_Section):
+    """How the serving bundle is built and registered."""
+
+    model_name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")] = "mlpipe-classifier"
+    opset: Annotated[int, Field(ge=17, le=23)] = 18
+    max_batch_size: Annotated[int, Field(ge=1, le=65_536)] = 256
+    register_model: bool = True
+
+
+class Params(_Section):
+    """All of params.yaml."""
+
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    package: PackageParams = PackageParams()
+
+    def digest(self, *sections: str) -> str:
+        """SHA-256 of the named sections (all when none are named), stable across runs."""
+        dumped = self.model_dump(mode="json")
+        chosen = {name: dumped[name] for name in (sections or tuple(dumped))}
+        canonical = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _describe(error: ValidationError, path: Path) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown key")
+        elif item["type"] == "missing":
+            problems.append(f"{key}: required key is missing")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            got = "" if isinstance(item["input"], dict) else f" (got {item['input']!r})"
+            problems.append(f"{key}: {message}{got}")
+    return f"{path}: " + "; ".join(problems)
+
+
+def parse_params(raw: object, source: Path = PARAMS_FILE) -> Params:
+    """Validate an already-loaded params mapping; raise ParamsError naming each bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ParamsError(_describe(e, source)) from e
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ParamsError(f"{path}: not found; run from the project root (where dvc.yaml is)") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from e
+    return parse_params(raw, path)

@@ -1,0 +1,36 @@
+"""Every file the pipeline reads or writes, relative to the project root (where dvc.yaml is)."""
+
+from pathlib import Path
+
+PARAMS_FILE = Path("params.yaml")
+DVC_YAML = Path("dvc.yaml")
+DVC_LOCK = Path("dvc.lock")
+
+RAW_DIR = Path("data/raw")
+PREPARED_DIR = Path("data/prepared")
+SCHEMA_FILE = PREPARED_DIR / "schema.json"
+SPLITS = ("train", "val", "test")
+
+MODELS_DIR = Path("models")
+CHECKPOINT_FILE = MODELS_DIR / "model.pt"
+PACKAGE_DIR = MODELS_DIR / "package"
+
+REPORTS_DIR = Path("reports")
+TRAIN_METRICS_FILE = REPORTS_DIR / "train_metrics.json"
+TRAIN_HISTORY_FILE = REPORTS_DIR / "train_history.csv"
+METRICS_FILE = REPORTS_DIR / "metrics.json"
+PER_CLASS_FILE = REPORTS_DIR / "per_class.csv"
+PREDICTIONS_FILE = REPORTS_DIR / "predictions.csv"
+CONFUSION_PNG = REPORTS_DIR / "confusion_matrix.png"
+MISCLASSIFIED_PNG = REPORTS_DIR / "misclassified.png"
+TRAINING_RUN_FILE = REPORTS_DIR / "training_run.json"
+
+
+def split_images(split: str, root: Path = PREPARED_DIR) -> Path:
+    """Path of a split's image array."""
+    return root / f"{split}_images.npy"
+
+
+def split_labels(split: str, root: Path = PREPARED_DIR) -> Path:
+    """Path of a split's label array."""
+    return root / f"{split}_labels.npy"

@@ -1,0 +1,76 @@
+"""Stage `prepare`: load the configured dataset and write a stratified train/val/test split."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from mlpipe import atomic, paths
+from mlpipe.data import LabeledImages, Schema, write_split
+from mlpipe.errors import DataError
+from mlpipe.params import DataParams, Params
+from mlpipe.sources import load_source
+
+log = logging.getLogger(__name__)
+
+
+def _stratified(
+    labels: np.ndarray, index: np.ndarray, size: float | int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``index`` into (rest, taken) with ``size`` taken, preserving class proportions."""
+    try:
+        rest, taken = train_test_split(index, test_size=size, stratify=labels[index], random_state=seed)
+    except ValueError as e:
+        raise DataError(
+            f"cannot split the dataset stratified by class: {e}; add examples or change the fractions"
+        ) from e
+    return np.asarray(rest), np.asarray(taken)
+
+
+def split_indices(labels: np.ndarray, params: DataParams) -> dict[str, np.ndarray]:
+    """Deterministic stratified train/val/test indices from ``data.seed``."""
+    index = np.arange(len(labels))
+    if params.max_samples is not None and params.max_samples < len(index):
+        _, index = _stratified(labels, index, params.max_samples, params.seed)
+    rest, test = _stratified(labels, index, params.test_fraction, params.seed)
+    val_share = params.val_fraction / (1.0 - params.test_fraction)
+    train, val = _stratified(labels, rest, val_share, params.seed)
+    return {"train": train, "val": val, "test": test}
+
+
+def _class_counts(data: LabeledImages) -> dict[str, int]:
+    counts = np.bincount(data.labels, minlength=len(data.classes))
+    return {name: int(count) for name, count in zip(data.classes, counts, strict=True)}
+
+
+def run(params: Params) -> None:
+    """Read the source dataset, split it, and write data/prepared/ atomically."""
+    dataset = load_source(params.data)
+    log.info(
+        "loaded %s: %d images of %s, %d classes",
+        params.data.dataset,
+        len(dataset),
+        "×".join(map(str, dataset.images.shape[1:])),
+        len(dataset.classes),
+    )
+    splits = {name: dataset.subset(idx) for name, idx in split_indices(dataset.labels, params.data).items()}
+    train_pixels = splits["train"].images.astype(np.float64) / dataset.pixel_max
+    std = float(train_pixels.std())
+    if std == 0.0:
+        raise DataError("every training image has the same pixel value; nothing to learn from")
+    schema = Schema(
+        dataset=params.data.dataset,
+        classes=dataset.classes,
+        image_shape=(int(dataset.images.shape[1]), int(dataset.images.shape[2])),
+        pixel_max=dataset.pixel_max,
+        pixel_mean=round(float(train_pixels.mean()), 6),
+        pixel_std=round(std, 6),
+        split_counts={name: _class_counts(split) for name, split in splits.items()},
+    )
+    with atomic.replace_dir(paths.PREPARED_DIR) as staging:
+        for name, split in splits.items():
+            write_split(staging, name, split)
+        atomic.write_json(staging / paths.SCHEMA_FILE.name, schema.to_json())
+    log.info("wrote %s: %s", paths.PREPARED_DIR, ", ".join(f"{n}={len(s)}" for n, s in splits.items()))

@@ -1,0 +1,214 @@
+"""Stage `train`: fit the CNN on the prepared train split, validating on val every epoch."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mlpipe import atomic, lineage, paths, tracking
+from mlpipe.data import LabeledImages, read_schema, read_split
+from mlpipe.errors import MlpipeError
+from mlpipe.model import Checkpoint, ConvNet, predict_logits, save_checkpoint
+from mlpipe.params import Params, TrainParams
+from mlpipe.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """A split on the training device: normalised inputs and labels."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def of(cls, split: LabeledImages, preprocessing: Preprocessing, device: torch.device) -> Tensors:
+        inputs = torch.from_numpy(preprocessing.apply(split.images)).to(device)
+        return cls(inputs.contiguous(), torch.from_numpy(split.labels).to(device))
+
+
+def select_device(requested: str) -> torch.device:
+    """`auto` -> CUDA when available, else CPU; an explicit `cuda` without a GPU is an error."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise MlpipeError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int, device: torch.device) -> torch.Generator:
+    """Seed every RNG; on the CPU also insist on deterministic kernels (bit-identical reruns)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    else:
+        torch.backends.cudnn.benchmark = True
+    return torch.Generator().manual_seed(seed)
+
+
+def _score(model: nn.Module, data: Tensors, loss_fn: nn.Module, batch_size: int) -> tuple[float, float]:
+    logits = predict_logits(model, data.inputs, batch_size)
+    loss = float(loss_fn(logits, data.labels))
+    accuracy = float((logits.argmax(1) == data.labels).float().mean())
+    return loss, accuracy
+
+
+def fit(
+    model: nn.Module,
+    train: Tensors,
+    val: Tensors,
+    params: TrainParams,
+    device: torch.device,
+    generator: torch.Generator,
+    on_epoch: callable,  # type: ignore[valid-type]
+) -> list[dict[str, float]]:
+    """The training loop: shuffled mini-batches, AdamW, cosine schedule; returns the history."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    steps_per_epoch = -(-len(train.labels) // params.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=params.lr, total_steps=params.epochs * steps_per_epoch, pct_start=0.15
+    )
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+    amp = params.amp and device.type == "cuda"
+    step_model = torch.compile(model) if params.compile else model
+    history = []
+    for epoch in range(1, params.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train.labels), generator=generator).to(device)
+        seen, loss_sum, correct = 0, torch.zeros((), device=device), torch.zeros((), device=device)
+        batches = tqdm(
+            order.split(params.batch_size),
+            desc=f"epoch {epoch}/{params.epochs}",
+            unit="batch",
+            leave=False,
+            disable=None,
+        )
+        for batch in batches:
+            if len(batch) < 2:  # batch norm cannot train on a single example
+                schedule.step()
+                continue
+            inputs, labels = train.inputs[batch], train.labels[batch]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = step_model(inputs)
+                loss = loss_fn(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            seen += len(batch)
+            loss_sum += loss.detach() * len(batch)
+            correct += (logits.argmax(1) == labels).sum()
+        val_loss, val_accuracy = _score(model, val, loss_fn, max(params.batch_size, 1024))
+        record = {
+            "epoch": epoch,
+            "train_loss": float(loss_sum) / max(seen, 1),
+            "train_accuracy": float(correct) / max(seen, 1),
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "lr": schedule.get_last_lr()[0],
+        }
+        history.append(record)
+        on_epoch(record)
+    return history
+
+
+def _history_csv(history: list[dict[str, float]]) -> str:
+    lines = [",".join(HISTORY_COLUMNS)]
+    for row in history:
+        lines.append(
+            ",".join(str(row["epoch"]) if c == "epoch" else f"{row[c]:.6g}" for c in HISTORY_COLUMNS)
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run(params: Params) -> None:
+    """Train on data/prepared/ and write the checkpoint, the history and the final metrics."""
+    schema = read_schema()
+    device = select_device(params.train.device)
+    preprocessing = Preprocessing(schema.pixel_max, schema.pixel_mean, schema.pixel_std)
+    train_split, val_split = read_split("train", schema=schema), read_split("val", schema=schema)
+    # Check the tracking server before spending time on training.
+    mlflow_client = tracking.client()
+    origin = lineage.current(params.digest("data", "model", "train"))
+
+    generator = seed_everything(params.train.seed, device)
+    model = ConvNet(params.model, schema.image_shape, len(schema.classes)).to(device)
+    train_data = Tensors.of(train_split, preprocessing, device)
+    val_data = Tensors.of(val_split, preprocessing, device)
+    log.info(
+        "training on %s: %d train / %d val examples, %d parameters",
+        device,
+        len(train_split),
+        len(val_split),
+        sum(p.numel() for p in model.parameters()),
+    )
+
+    run_name = origin.dvc_experiment or f"train-{origin.git_commit[:8]}"
+    with tracking.run(mlflow_client, run_name=run_name, tags=tracking.lineage_tags(origin)) as run_id:
+        tracking.log_params(
+            mlflow_client,
+            run_id,
+            tracking.flatten(params.model_dump(include={"data", "model", "train"})),
+        )
+        started = time.perf_counter()
+
+        def on_epoch(record: dict[str, float]) -> None:
+            log.info(
+                "epoch %d: train_loss %.4f val_loss %.4f val_accuracy %.4f",
+                record["epoch"],
+                record["train_loss"],
+                record["val_loss"],
+                record["val_accuracy"],
+            )
+            step = int(record["epoch"])
+            tracking.log_metrics(
+                mlflow_client, run_id, {k: v for k, v in record.items() if k != "epoch"}, step
+            )
+
+        history = fit(model, train_data, val_data, params.train, device, generator, on_epoch)
+        seconds = time.perf_counter() - started
+
+        checkpoint = Checkpoint(
+            params.model,
+            schema.image_shape,
+            schema.classes,
+            preprocessing,
+            {k: v.cpu() for k, v in model.state_dict().items()},
+        )
+        save_checkpoint(paths.CHECKPOINT_FILE, checkpoint)
+        final = {k: round(v, 6) for k, v in history[-1].items() if k not in ("epoch", "lr")}
+        atomic.write_text(paths.TRAIN_HISTORY_FILE, _history_csv(history))
+        atomic.write_json(paths.TRAIN_METRICS_FILE, final)
+
+        digest = hashlib.sha256(paths.CHECKPOINT_FILE.read_bytes()).hexdigest()
+        mlflow_client.set_tag(run_id, tracking.CHECKPOINT_TAG, digest)
+        mlflow_client.set_tag(run_id, tracking.TAG_PREFIX + "device", str(device))
+        tracking.log_metrics(
+            mlflow_client,
+            run_id,
+            {
+                "train_seconds": seconds,
+                "train_samples_per_second": params.train.epochs * len(train_split) / seconds,
+            },
+        )
+        for artifact in (paths.TRAIN_HISTORY_FILE, paths.TRAIN_METRICS_FILE, paths.CHECKPOINT_FILE):
+            mlflow_client.log_artifact(run_id, str(artifact), "train")
+    log.info(
+        "wrote %s (val_accuracy %.4f) in %.1f s",
+        paths.CHECKPOINT_FILE,
+        final["val_accuracy"],
+        seconds,
+    )

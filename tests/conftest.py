@@ -1,0 +1,95 @@
+"""Shared fixtures: throwaway copies of this project as real git + DVC repositories."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN_DIR = Path(sys.executable).parent
+
+# Small enough that the whole pipeline runs in seconds, large enough to learn something.
+TINY_PARAMS: dict[str, dict[str, Any]] = {
+    "data": {"max_samples": 600},
+    "model": {"width": 8, "hidden": 32},
+    "train": {"epochs": 4, "batch_size": 32, "lr": 0.01},
+    "evaluate": {"misclassified_examples": 8},
+}
+
+
+def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for commands under test: our venv first, no outside tracking server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GIT_"))}
+    env.update(
+        PATH=f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}",
+        GIT_AUTHOR_NAME="mlpipe tests",
+        GIT_AUTHOR_EMAIL="tests@mlpipe.invalid",
+        GIT_COMMITTER_NAME="mlpipe tests",
+        GIT_COMMITTER_EMAIL="tests@mlpipe.invalid",
+        DVC_NO_ANALYTICS="1",
+        PYTHONHASHSEED="0",
+    )
+    env.update(extra or {})
+    return env
+
+
+def run(
+    *args: str, cwd: Path, env: Mapping[str, str] | None = None, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run a command, failing the test with its output if it fails unexpectedly."""
+    result = subprocess.run(
+        args, cwd=cwd, env=subprocess_env(env), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def project_files() -> list[str]:
+    """What a clone of this repository contains: tracked files plus new, unignored ones."""
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [line for line in out.splitlines() if (REPO_ROOT / line).is_file()]
+
+
+def update_params(project: Path, overrides: Mapping[str, Mapping[str, Any]]) -> None:
+    """Merge ``overrides`` into the project's params.yaml."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in overrides.items():
+        params.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_project(dest: Path, overrides: Mapping[str, Mapping[str, Any]] = TINY_PARAMS) -> Path:
+    """A fresh git repository holding this project, with ``overrides`` applied and committed."""
+    for name in project_files():
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, target)
+    update_params(dest, overrides)
+    run("git", "init", "-q", "-b", "main", cwd=dest)
+    run("git", "add", "-A", cwd=dest)
+    run("git", "commit", "-q", "-m", "project under test", cwd=dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy on tiny params after one `dvc repro` (shared: do not modify it)."""
+    project = make_project(tmp_path_factory.mktemp("built") / "project")
+    run("dvc", "repro", cwd=project)
+    return project
