@@ -52,6 +52,9 @@ lock: setup ## Re-pin requirements.lock from the current environment
 	  | grep -viE '^(torch|nvidia-|triton|mlpipe)=='; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
+# Targets for storage, serving, deployment and CI live beside this file, one topic each.
+include $(sort $(wildcard mk/*.mk))
+
 clean: ## Remove caches (not the environment, data or models)
 	rm -rf .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

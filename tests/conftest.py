@@ -93,3 +93,13 @@ def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     project = make_project(tmp_path_factory.mktemp("built") / "project")
     run("dvc", "repro", cwd=project)
     return project
+
+
+def require(available: bool, what: str) -> None:
+    """Skip a test whose outside tool is missing, except in CI (MLPIPE_REQUIRE_ALL_TESTS=1) where
+    every test must run: there a missing tool is a failure, not a silent skip."""
+    if available:
+        return
+    if os.environ.get("MLPIPE_REQUIRE_ALL_TESTS") == "1":
+        pytest.fail(f"{what} is required (MLPIPE_REQUIRE_ALL_TESTS=1); install it as .ci/run does")
+    pytest.skip(f"{what} is not installed")

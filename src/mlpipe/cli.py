@@ -75,6 +75,16 @@ def package() -> None:
     _run_stage("package")
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+)
+def serve(ctx: typer.Context) -> None:
+    """Serve a package with KServe (V1 and V2 protocols); `mlpipe serve --help` lists the options."""
+    from mlpipe.serving.server import main as serve_main
+
+    serve_main(ctx.args)
+
+
 def _run_stage(module: str) -> None:
     params = load_params()
     importlib.import_module(f"mlpipe.{module}").run(params)
