@@ -3,6 +3,10 @@
 With MLFLOW_TRACKING_URI unset, runs go to an embedded SQLite store at the project root
 (mlruns.db, artifacts in mlartifacts/), shared by `dvc repro` and every `dvc exp run`,
 including queued ones that execute in temporary copies of the repository.
+
+With a tracking server, a stage checks the server and its artifact store before it starts
+its work and stops, naming the endpoint, if either does not answer. A failure during a run
+becomes a TrackingError that names the endpoint; the stages then keep their previous outputs.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from mlpipe.lineage import Lineage
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Metric
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +70,69 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
     )
 
 
+def store_errors() -> tuple[type[Exception], ...]:
+    """The exceptions MLflow and its S3 artifact store raise when they fail or are unreachable."""
+    from mlflow.exceptions import MlflowException
+
+    errors: list[type[Exception]] = [MlflowException]
+    try:
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # no S3 support installed, so no S3 artifact store either
+        return tuple(errors)
+    return (*errors, Boto3Error, BotoCoreError, ClientError)
+
+
+def failed_endpoint(error: Exception) -> tuple[str, str]:
+    """(the endpoint that failed, why) for an error from ``store_errors``."""
+    from mlflow.exceptions import MlflowException
+
+    # The first line: a server's message can go on with the SQL statement that failed.
+    if isinstance(error, MlflowException):
+        uri = tracking_uri()
+        kind = "server" if uri.startswith(("http://", "https://")) else "store"
+        return f"MLflow tracking {kind} {uri}", error.message.strip().split("\n")[0]
+    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    return (f"S3 endpoint {endpoint}" if endpoint else "AWS S3 endpoint"), str(error).strip().split("\n")[0]
+
+
+@contextmanager
+def reported(action: str) -> Iterator[None]:
+    """Turn a tracking or artifact store failure inside the block into a TrackingError."""
+    try:
+        yield
+    except store_errors() as e:
+        endpoint, reason = failed_endpoint(e)
+        raise TrackingError(f"{action} failed at the {endpoint}: {reason}") from e
+
+
+def check_artifact_store(location: str) -> None:
+    """Fail fast, naming the endpoint, when the artifact store at ``location`` cannot be listed."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        get_artifact_repository(location).list_artifacts()
+    except store_errors() as e:
+        endpoint, reason = failed_endpoint(e)
+        raise TrackingError(
+            f"MLflow artifact store {location} is unreachable at the {endpoint}: {reason}; start it, "
+            "or fix MLFLOW_S3_ENDPOINT_URL and the AWS credentials"
+        ) from e
+
+
 def client() -> MlflowClient:
-    """A client for the configured store; the remote server is checked before it is used."""
+    """A client for the configured store. The tracking server and the experiment's artifact
+    store are checked first, so that a stage fails before it starts its work."""
     import mlflow
 
     uri = tracking_uri()
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(uri)
+    mlflow_client = mlflow.MlflowClient(uri)
+    with reported("looking up the experiment"):
+        location = mlflow_client.get_experiment(experiment_id(mlflow_client)).artifact_location
+    check_artifact_store(location)
+    return mlflow_client
 
 
 def experiment_id(mlflow_client: MlflowClient) -> str:
@@ -122,16 +182,22 @@ def run(
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> Iterator[str]:
-    """Start a run (or resume ``run_id``) as MLflow's active run; FAILED if the block raises."""
+    """Start a run (or resume ``run_id``) as MLflow's active run; FAILED if the block raises.
+
+    A tracking or artifact store failure in the block is raised as a TrackingError.
+    """
     import mlflow
 
     if run_id:  # resuming keeps the run's name
         experiment, run_name = None, None
     else:
         experiment = experiment_id(mlflow_client)
-    with mlflow.start_run(
-        run_id=run_id, experiment_id=experiment, run_name=run_name, tags=dict(tags or {})
-    ) as active:
+    with (
+        reported(f"tracking run {run_id or run_name}"),
+        mlflow.start_run(
+            run_id=run_id, experiment_id=experiment, run_name=run_name, tags=dict(tags or {})
+        ) as active,
+    ):
         yield active.info.run_id
 
 
@@ -146,6 +212,36 @@ def log_metrics(
     mlflow_client.log_batch(run_id, metrics=batch, synchronous=True)
 
 
+class EpochLog:
+    """Per-epoch metrics, sent in one call at most every ``interval`` seconds and on ``flush``.
+
+    Every epoch is recorded under its own step; short epochs just share a round trip, so a
+    30-epoch run of a few seconds makes a handful of calls, and a server that goes away is
+    still noticed within ``interval`` seconds.
+    """
+
+    def __init__(self, mlflow_client: MlflowClient, run_id: str, interval: float = 2.0) -> None:
+        self._client, self._run_id, self._interval = mlflow_client, run_id, interval
+        self._pending: list[Metric] = []
+        self._last_sent = time.monotonic()
+
+    def add(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Record one epoch's metrics; send the backlog if ``interval`` has passed."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending += [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        if time.monotonic() - self._last_sent >= self._interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send whatever is pending."""
+        if self._pending:
+            self._client.log_batch(self._run_id, metrics=self._pending, synchronous=True)
+            self._pending = []
+        self._last_sent = time.monotonic()
+
+
 def log_params(mlflow_client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
     """Log params in one call."""
     from mlflow.entities import Param
@@ -155,12 +251,13 @@ def log_params(mlflow_client: MlflowClient, run_id: str, params: Mapping[str, st
 
 def find_run_by_tag(mlflow_client: MlflowClient, key: str, value: str) -> str | None:
     """The newest run in the experiment tagged ``key=value``, if any."""
-    runs = mlflow_client.search_runs(
-        [experiment_id(mlflow_client)],
-        filter_string=f"tags.`{key}` = '{value}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    with reported("searching runs"):
+        runs = mlflow_client.search_runs(
+            [experiment_id(mlflow_client)],
+            filter_string=f"tags.`{key}` = '{value}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
     return runs[0].info.run_id if runs else None
 
 
@@ -176,27 +273,34 @@ def register_onnx(
 ) -> str:
     """Log the ONNX model to the active run, register a version and point ``alias`` at it.
 
-    All or nothing: if tagging or aliasing fails, the new version is deleted again.
+    All or nothing: the version is created with its tags in one request, and deleted again if
+    the alias cannot be set; the alias keeps pointing at the previous version.
     """
     import mlflow
     import onnx
-    from mlflow.exceptions import MlflowException
 
-    info = mlflow.onnx.log_model(
-        onnx.load_model_from_string(onnx_bytes),
-        name="model",
-        input_example=input_example,
-        pip_requirements=pip_requirements,
-        save_as_external_data=False,
-        onnx_execution_providers=["CPUExecutionProvider"],
-    )
-    try:
+    with reported(f"logging model {name!r}"):
+        info = mlflow.onnx.log_model(
+            onnx.load_model_from_string(onnx_bytes),
+            name="model",
+            input_example=input_example,
+            pip_requirements=pip_requirements,
+            save_as_external_data=False,
+            onnx_execution_providers=["CPUExecutionProvider"],
+        )
+    with reported(f"registering model {name!r}"):
         version = mlflow.register_model(info.model_uri, name, tags=dict(version_tags)).version
-    except MlflowException as e:
-        raise TrackingError(f"could not register model {name!r} at {tracking_uri()}: {e.message}") from e
     try:
         mlflow_client.set_registered_model_alias(name, alias, version)
-    except MlflowException as e:
-        mlflow_client.delete_model_version(name, version)
-        raise TrackingError(f"could not set alias {alias!r} on {name} v{version}: {e.message}") from e
+    except store_errors() as e:
+        endpoint, reason = failed_endpoint(e)
+        problem = f"setting alias {alias!r} on {name} version {version} failed at the {endpoint}: {reason}"
+        try:
+            mlflow_client.delete_model_version(name, version)
+        except store_errors() as cleanup:
+            raise TrackingError(
+                f"{problem}; deleting that version failed too ({failed_endpoint(cleanup)[1]}), so it "
+                "stays registered without the alias: delete it once the server is back"
+            ) from e
+        raise TrackingError(f"{problem}; the version was deleted again") from e
     return str(version)

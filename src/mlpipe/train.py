@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ from mlpipe.preprocessing import Preprocessing
 log = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+TRAIN_OUTPUTS = (paths.TRAIN_HISTORY_FILE, paths.TRAIN_METRICS_FILE, paths.CHECKPOINT_FILE)
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ def run(params: Params) -> None:
             tracking.flatten(params.model_dump(include={"data", "model", "train"})),
         )
         started = time.perf_counter()
+        epoch_log = tracking.EpochLog(mlflow_client, run_id)
 
         def on_epoch(record: dict[str, float]) -> None:
             log.info(
@@ -173,12 +177,10 @@ def run(params: Params) -> None:
                 record["val_loss"],
                 record["val_accuracy"],
             )
-            step = int(record["epoch"])
-            tracking.log_metrics(
-                mlflow_client, run_id, {k: v for k, v in record.items() if k != "epoch"}, step
-            )
+            epoch_log.add(int(record["epoch"]), {k: v for k, v in record.items() if k != "epoch"})
 
         history = fit(model, train_data, val_data, params.train, device, generator, on_epoch)
+        epoch_log.flush()
         seconds = time.perf_counter() - started
 
         checkpoint = Checkpoint(
@@ -188,24 +190,32 @@ def run(params: Params) -> None:
             preprocessing,
             {k: v.cpu() for k, v in model.state_dict().items()},
         )
-        save_checkpoint(paths.CHECKPOINT_FILE, checkpoint)
         final = {k: round(v, 6) for k, v in history[-1].items() if k not in ("epoch", "lr")}
-        atomic.write_text(paths.TRAIN_HISTORY_FILE, _history_csv(history))
-        atomic.write_json(paths.TRAIN_METRICS_FILE, final)
+        # The outputs are written beside their final place and moved there only once MLflow
+        # holds them: a tracking failure leaves the previous outputs, which match dvc.lock.
+        paths.MODELS_DIR.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".train.", dir=paths.MODELS_DIR) as staging:
+            staged = {out: Path(staging) / out.name for out in TRAIN_OUTPUTS}
+            save_checkpoint(staged[paths.CHECKPOINT_FILE], checkpoint)
+            atomic.write_text(staged[paths.TRAIN_HISTORY_FILE], _history_csv(history))
+            atomic.write_json(staged[paths.TRAIN_METRICS_FILE], final)
 
-        digest = hashlib.sha256(paths.CHECKPOINT_FILE.read_bytes()).hexdigest()
-        mlflow_client.set_tag(run_id, tracking.CHECKPOINT_TAG, digest)
-        mlflow_client.set_tag(run_id, tracking.TAG_PREFIX + "device", str(device))
-        tracking.log_metrics(
-            mlflow_client,
-            run_id,
-            {
-                "train_seconds": seconds,
-                "train_samples_per_second": params.train.epochs * len(train_split) / seconds,
-            },
-        )
-        for artifact in (paths.TRAIN_HISTORY_FILE, paths.TRAIN_METRICS_FILE, paths.CHECKPOINT_FILE):
-            mlflow_client.log_artifact(run_id, str(artifact), "train")
+            digest = hashlib.sha256(staged[paths.CHECKPOINT_FILE].read_bytes()).hexdigest()
+            mlflow_client.set_tag(run_id, tracking.CHECKPOINT_TAG, digest)
+            mlflow_client.set_tag(run_id, tracking.TAG_PREFIX + "device", str(device))
+            tracking.log_metrics(
+                mlflow_client,
+                run_id,
+                {
+                    "train_seconds": seconds,
+                    "train_samples_per_second": params.train.epochs * len(train_split) / seconds,
+                },
+            )
+            for artifact in staged.values():
+                mlflow_client.log_artifact(run_id, str(artifact), "train")
+            for out, artifact in staged.items():
+                out.parent.mkdir(parents=True, exist_ok=True)
+                artifact.replace(out)
     log.info(
         "wrote %s (val_accuracy %.4f) in %.1f s",
         paths.CHECKPOINT_FILE,
