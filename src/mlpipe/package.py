@@ -24,16 +24,19 @@ from mlpipe import atomic, lineage, paths, tracking
 from mlpipe.data import read_schema, read_split
 from mlpipe.errors import ArtifactError
 from mlpipe.model import Checkpoint, load_checkpoint
+from mlpipe.package_spec import (
+    CARD_FILE,
+    INPUT_NAME,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    OUTPUT_NAME,
+    PACKAGE_FORMAT,
+)
 from mlpipe.params import Params
 from mlpipe.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
-PACKAGE_FORMAT = 1
-MODEL_FILE = "model.onnx"
-MANIFEST_FILE = "package.json"
-CARD_FILE = "MODEL_CARD.md"
-INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
 CANDIDATE_ALIAS = "candidate"
 
 
@@ -241,8 +244,12 @@ def register(
     run_id = tracking.find_run_by_tag(mlflow_client, tracking.CHECKPOINT_TAG, checkpoint_sha)
     origin = lineage.Lineage(**info["lineage"])
     tags = tracking.lineage_tags(origin)
+    # A resumed training run keeps its own lineage tags; this package's go on the version.
     with tracking.run(
-        mlflow_client, run_id=run_id, run_name=f"package-{origin.git_commit[:8]}", tags=tags
+        mlflow_client,
+        run_id=run_id,
+        run_name=f"package-{origin.git_commit[:8]}",
+        tags=None if run_id else tags,
     ) as rid:
         tracking.log_metrics(mlflow_client, rid, {k: v for k, v in info["metrics"].items()})
         for report in (

@@ -1,0 +1,106 @@
+"""Reading models/package/ (package.json + the ONNX file it names) for serving, with checks.
+
+The package stage writes the format; this module reads it without importing torch, so it can
+run in the slim serve image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlpipe.errors import ArtifactError
+from mlpipe.package_spec import MANIFEST_FILE
+from mlpipe.package_spec import PACKAGE_FORMAT as SUPPORTED_FORMAT
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one request may carry: images [N, height, width] with pixels in 0..pixel_max."""
+
+    name: str
+    height: int
+    width: int
+    pixel_max: int
+    max_batch_size: int
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A checked package: the model bytes and what the manifest says about them."""
+
+    name: str
+    model_bytes: bytes
+    input: InputSpec
+    output_name: str
+    labels: tuple[str, ...]
+
+
+def _manifest(model_dir: Path) -> dict[str, Any]:
+    if not model_dir.is_dir():
+        raise ArtifactError(
+            f"{model_dir}: model directory not found; pass --model-dir pointing at a package "
+            "written by `mlpipe package` (models/package)"
+        )
+    path = model_dir / MANIFEST_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ArtifactError(f"{path}: not found; {model_dir} is not a model package") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}: not valid JSON ({e}); rebuild it with `dvc repro package`") from e
+    if not isinstance(raw, dict) or raw.get("format") != SUPPORTED_FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else None
+        raise ArtifactError(
+            f"{path}: package format {found!r}, this server reads format {SUPPORTED_FORMAT}; "
+            "rebuild the package or use a matching mlpipe version"
+        )
+    return raw
+
+
+def _model_bytes(model_dir: Path, manifest: dict[str, Any]) -> bytes:
+    model_file = manifest["model_file"]
+    onnx_files = sorted(p.name for p in model_dir.glob("*.onnx"))
+    if onnx_files != [model_file]:
+        raise ArtifactError(
+            f"{model_dir}: expected exactly one model file, {model_file!r} (named in {MANIFEST_FILE}), "
+            f"found {onnx_files or 'none'}"
+        )
+    data = (model_dir / model_file).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest["model_sha256"]:
+        raise ArtifactError(
+            f"{model_dir / model_file}: sha256 {digest[:12]}… does not match {MANIFEST_FILE} "
+            f"({str(manifest['model_sha256'])[:12]}…); the file is corrupt or from another package"
+        )
+    return data
+
+
+def read_package(model_dir: Path) -> ModelPackage:
+    """Read and check the package in ``model_dir``; raise ArtifactError saying what is wrong."""
+    manifest = _manifest(model_dir)
+    try:
+        spec = manifest["input"]
+        height, width = (int(n) for n in spec["shape"])
+        package = ModelPackage(
+            name=str(manifest["name"]),
+            model_bytes=_model_bytes(model_dir, manifest),
+            input=InputSpec(
+                name=str(spec["name"]),
+                height=height,
+                width=width,
+                pixel_max=int(spec["pixel_range"][1]),
+                max_batch_size=int(spec["max_batch_size"]),
+            ),
+            output_name=str(manifest["output"]["name"]),
+            labels=tuple(str(label) for label in manifest["labels"]),
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ArtifactError(
+            f"{model_dir / MANIFEST_FILE}: malformed manifest ({type(e).__name__}: {e}); "
+            "rebuild it with `dvc repro package`"
+        ) from e
+    return package

@@ -1,0 +1,223 @@
+"""`mlpipe serve`: a KServe model server for a package built by the pipeline (V1 and V2 protocols).
+
+`ImageClassifier` follows KServe's sklearnserver: `__init__` stores settings, `load()` reads and
+checks the package and sets `ready`, `predict()` runs the ONNX model on a request's images in
+one forward pass. Protocols, health endpoints and Prometheus metrics are KServe's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+from kserve import Model, ModelServer
+from kserve.errors import InvalidInput
+from kserve.model_server import parser as kserve_parser
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+from mlpipe.errors import ArtifactError
+from mlpipe.serving.model_package import ModelPackage, read_package
+from mlpipe.serving.validation import v1_images, v2_images
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path("/mnt/models")  # where KServe's storage initializer puts storageUri
+# One intra-op thread: a single small image is fastest on one core, and the other core of a
+# 2-core pod stays free for the HTTP server (see BENCHMARKS.md, "Serving").
+DEFAULT_THREADS = 1
+# What ONNX Runtime raises for a model file it cannot parse or run.
+MODEL_LOAD_ERRORS = (
+    ort_errors.Fail,
+    ort_errors.InvalidArgument,
+    ort_errors.InvalidGraph,
+    ort_errors.InvalidProtobuf,
+    ort_errors.NotImplemented,
+    ort_errors.RuntimeException,
+)
+
+
+class ImageClassifier(Model):
+    """Classifies grayscale images given as raw pixels; returns class index, label, probabilities."""
+
+    def __init__(self, name: str | None, model_dir: Path, threads: int = DEFAULT_THREADS) -> None:
+        super().__init__(name or "")  # empty: take the package's name in load()
+        self.model_dir = Path(model_dir)
+        self.threads = threads
+        self.package: ModelPackage | None = None
+        self.session: onnxruntime.InferenceSession | None = None
+
+    def load(self) -> bool:
+        """Read and check the package, create the ONNX Runtime session, and become ready."""
+        package = read_package(self.model_dir)
+        self.session = self._session(package)
+        self.package = package
+        self.name = self.name or package.name
+        self.ready = True
+        log.info("loaded %s from %s (%d classes)", self.name, self.model_dir, len(package.labels))
+        return self.ready
+
+    def _session(self, package: ModelPackage) -> onnxruntime.InferenceSession:
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        # Spinning worker threads would steal the CPU the event loop needs between requests.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            session = onnxruntime.InferenceSession(
+                package.model_bytes, options, providers=["CPUExecutionProvider"]
+            )
+        except MODEL_LOAD_ERRORS as e:
+            raise ArtifactError(f"{self.model_dir}: the ONNX model cannot be loaded ({e})") from e
+        io_names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+        if io_names != ([package.input.name], [package.output_name]):
+            raise ArtifactError(
+                f"{self.model_dir}: the ONNX model has inputs/outputs {io_names}, the manifest says "
+                f"{([package.input.name], [package.output_name])}"
+            )
+        return session
+
+    # With --workers > 1 KServe pickles the model into each worker process: the session itself
+    # cannot be pickled, so each worker builds its own from the checked package bytes.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "session": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.package is not None:
+            self.session = self._session(self.package)
+
+    def _ready_parts(self) -> tuple[ModelPackage, onnxruntime.InferenceSession]:
+        if self.package is None or self.session is None:
+            raise RuntimeError("ImageClassifier.load() has not run")
+        return self.package, self.session
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities [N, C] for checked float32 pixels [N, H, W], in one forward pass."""
+        package, session = self._ready_parts()
+        return session.run([package.output_name], {package.input.name: pixels})[0]
+
+    def predict(self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None) -> Any:
+        """V1 body -> ``{"predictions": [...]}``; V2 request -> InferResponse with three outputs."""
+        package, _ = self._ready_parts()
+        if isinstance(payload, InferRequest):
+            probabilities = self.probabilities(v2_images(payload, package.input))
+            return self._v2_response(payload, probabilities)
+        if isinstance(payload, bytes | str):
+            raise InvalidInput("the request body must be JSON sent with Content-Type: application/json")
+        probabilities = self.probabilities(v1_images(payload, package.input))
+        classes = probabilities.argmax(axis=1).tolist()
+        return {
+            "predictions": [
+                {"class_index": c, "label": package.labels[c], "probabilities": p}
+                for c, p in zip(classes, probabilities.tolist(), strict=True)
+            ]
+        }
+
+    def _v2_response(self, request: InferRequest, probabilities: np.ndarray) -> InferResponse:
+        package, _ = self._ready_parts()
+        classes = probabilities.argmax(axis=1)
+        n = len(classes)
+        labels = np.array([package.labels[c] for c in classes], dtype=np.object_)
+        return InferResponse(
+            response_id=request.id or str(uuid.uuid4()),
+            model_name=self.name,
+            infer_outputs=[
+                InferOutput("class_index", [n], "INT64", classes.astype(np.int64)),
+                InferOutput("label", [n], "BYTES", labels),
+                InferOutput("probabilities", list(probabilities.shape), "FP32", probabilities),
+            ],
+            use_binary_outputs=request.use_binary_outputs,
+            requested_outputs=request.request_outputs,
+        )
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        package, _ = self._ready_parts()
+        shape = [-1, package.input.height, package.input.width]
+        return [{"name": package.input.name, "datatype": "UINT8", "shape": shape}]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        package, _ = self._ready_parts()
+        classes = len(package.labels)
+        return [
+            {"name": "class_index", "datatype": "INT64", "shape": [-1]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
+        ]
+
+
+class HostModelServer(ModelServer):
+    """KServe's ModelServer listening on one address (KServe 0.21 always binds 0.0.0.0)."""
+
+    def __init__(self, host: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.host = host
+
+    async def _serve(self) -> None:
+        # The REST servers are built in start() and bind when awaited here; set their address first.
+        for server in (self._rest_server, getattr(self._rest_multiprocess_server, "_rest_server", None)):
+            if server is not None:
+                server.config.host = self.host
+        await super()._serve()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """KServe's model server options, plus the package directory and the listen address."""
+    parser = argparse.ArgumentParser(
+        prog="mlpipe serve",
+        description="Serve a model package over KServe's V1 and V2 (Open Inference) REST protocols.",
+        parents=[kserve_parser],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--model-dir",
+        "--model_dir",
+        type=Path,
+        default=DEFAULT_MODEL_DIR,
+        help="The package directory (package.json + model.onnx), e.g. models/package.",
+    )
+    parser.add_argument("--http-port", dest="http_port", type=int, help="Alias of --http_port.")
+    parser.add_argument("--model-name", dest="model_name", help="Alias of --model_name.")
+    parser.add_argument(
+        "--host",
+        default="0.0.0.0",  # noqa: S104 - a pod must listen on its own interface
+        help="The address to listen on; 127.0.0.1 keeps the server local.",
+    )
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="ONNX Runtime intra-op threads.")
+    # The model name defaults to the package's; gRPC is off (HTTP is what the InferenceService
+    # exposes, and KServe's gRPC server would listen on every interface).
+    parser.set_defaults(model_name=None, enable_grpc=False)
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    """Load the package and serve it until SIGINT/SIGTERM."""
+    args = build_parser().parse_args(argv)
+    # KServe 0.21 answers with FastAPI's ORJSONResponse, which newer FastAPI deprecates: nothing
+    # a user of this server can act on.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
+    model = ImageClassifier(args.model_name, args.model_dir, threads=args.threads)
+    model.load()
+    server = HostModelServer(
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=args.workers,
+        max_threads=args.max_threads,
+        max_asyncio_workers=args.max_asyncio_workers,
+        enable_grpc=args.enable_grpc,
+        enable_docs_url=args.enable_docs_url,
+        enable_latency_logging=args.enable_latency_logging,
+        access_log_format=args.access_log_format,
+        event_loop=args.event_loop,
+        timeout_keep_alive=args.timeout_keep_alive,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+    )
+    server.start([model])

@@ -1,0 +1,34 @@
+"""`mlpipe serve`'s options: KServe's own, plus the package directory and the listen address."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlpipe.serving.server import build_parser
+
+
+def test_defaults_suit_a_kserve_pod() -> None:
+    args = build_parser().parse_args([])
+    assert args.model_dir == Path("/mnt/models")
+    assert args.host == "0.0.0.0"  # noqa: S104 - a pod listens on its own interface
+    assert args.http_port == 8080
+    assert args.model_name is None  # the package's name
+    assert args.enable_grpc is False
+    assert args.threads == 1
+
+
+@pytest.mark.parametrize("flag", ["--http-port", "--http_port"])
+def test_http_port_takes_both_spellings(flag: str) -> None:
+    assert build_parser().parse_args([flag, "9001"]).http_port == 9001
+
+
+@pytest.mark.parametrize("flag", ["--model-name", "--model_name"])
+def test_model_name_takes_both_spellings(flag: str) -> None:
+    assert build_parser().parse_args([flag, "digits"]).model_name == "digits"
+
+
+def test_kserve_options_pass_through() -> None:
+    args = build_parser().parse_args(["--workers", "2", "--enable_latency_logging", "false"])
+    assert (args.workers, args.enable_latency_logging) == (2, False)
