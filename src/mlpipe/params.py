@@ -15,6 +15,7 @@ from mlpipe.paths import PARAMS_FILE
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+Score = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class _Section(BaseModel):
@@ -88,6 +89,15 @@ class PackageParams(_Section):
     register_model: bool = True
 
 
+class GateParams(_Section):
+    """What `mlpipe gate` requires of a candidate before it may become the `champion`."""
+
+    min_test_accuracy: Score = 0.95
+    min_test_macro_f1: Score = 0.95
+    # largest drop in test_accuracy allowed against the registered champion
+    max_regression: Score = 0.005
+
+
 class Params(_Section):
     """All of params.yaml."""
 
@@ -96,6 +106,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     package: PackageParams = PackageParams()
+    gate: GateParams = GateParams()
 
     def digest(self, *sections: str) -> str:
         """SHA-256 of the named sections (all when none are named), stable across runs."""

@@ -77,20 +77,22 @@ def misclassified_png(
 
 
 def curves_png(path: Path, series: Mapping[str, Mapping[str, Sequence[float]]], title: str) -> None:
-    """Training curves: one panel for loss, one for accuracy; one line per (name, column).
+    """Training curves: loss (log scale) and accuracy; one colour per name, train dashed.
 
     ``series`` maps a name (e.g. "main", "workspace") to columns of a training history.
     """
     plt, fig = _figure(10, 3.6)
     for position, kind in enumerate(("loss", "accuracy"), start=1):
         ax = fig.add_subplot(1, 2, position)
-        for name, history in series.items():
+        for colour, (name, history) in enumerate(series.items()):
             epochs = history["epoch"]
             for split, style in (("train", "--"), ("val", "-")):
                 column = f"{split}_{kind}"
                 if column in history:
-                    ax.plot(epochs, history[column], style, label=f"{name} {split}")
+                    ax.plot(epochs, history[column], style, color=f"C{colour}", label=f"{name} {split}")
         ax.set(xlabel="epoch", ylabel=kind, title=f"{title}: {kind}")
+        if kind == "loss":  # late epochs differ by orders of magnitude, not by a visible margin
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     _save(plt, fig, path)

@@ -1,0 +1,240 @@
+""".gitlab-ci.yml through a real GitLab CI parser: gitlab-ci-local lists the jobs GitLab would
+create for a merge-request pipeline and a main pipeline, and previews the expanded file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT, make_project, require, run
+
+pytestmark = pytest.mark.slow
+
+# Simulated pipelines: variables as GitLab sets them (an MR pipeline has no CI_COMMIT_BRANCH).
+MERGE_REQUEST = (
+    *("--variable", "CI_PIPELINE_SOURCE=merge_request_event"),
+    *("--variable", "CI_MERGE_REQUEST_TARGET_BRANCH_NAME=main"),
+    *("--variable", "CI_MERGE_REQUEST_IID=1"),
+    *("--unset-variable", "CI_COMMIT_BRANCH"),
+)
+MAIN = ("--variable", "CI_PIPELINE_SOURCE=push", "--variable", "CI_COMMIT_BRANCH=main")
+FEATURE_PUSH = ("--variable", "CI_PIPELINE_SOURCE=push", "--variable", "CI_COMMIT_BRANCH=feature")
+
+# job -> the jobs it needs
+MERGE_REQUEST_DAG = {
+    "test": [],
+    "train-image": [],
+    "repro": ["test", "train-image"],
+    "report": ["repro"],
+    "comment": ["report"],
+    "gate": ["repro"],
+    "build": ["gate"],
+}
+MAIN_DAG = {
+    **{job: needs for job, needs in MERGE_REQUEST_DAG.items() if job not in ("report", "comment")},
+    "deploy": ["build"],
+    "smoke": ["deploy"],
+    "rollback": ["build"],
+}
+CREDENTIALS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "OSS_ACCESS_KEY_ID",
+    "OSS_ACCESS_KEY_SECRET",
+    "REPO_TOKEN",
+    "KUBE_CONFIG",
+    "KUBE_CONTEXT",
+)
+
+
+@pytest.fixture(scope="module")
+def gitlab_ci_local() -> str:
+    local = REPO_ROOT / ".cache/node/node_modules/.bin/gitlab-ci-local"
+    found = str(local) if local.exists() else shutil.which("gitlab-ci-local")
+    require(found is not None, "gitlab-ci-local (`make ci-tools`)")
+    return str(found)
+
+
+@pytest.fixture(scope="module")
+def ci_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project in a git repository whose `origin/main` exists, as in a GitLab checkout."""
+    root = tmp_path_factory.mktemp("gitlab-ci")
+    project = make_project(root / "project")
+    run("git", "clone", "-q", "--bare", str(project), str(root / "origin.git"), cwd=root)
+    run("git", "remote", "add", "origin", str(root / "origin.git"), cwd=project)
+    run("git", "fetch", "-q", "origin", cwd=project)
+    run("git", "remote", "set-head", "origin", "main", cwd=project)
+    # gitlab-ci-local derives CI_PROJECT_PATH and the server from the remote's URL
+    run("git", "remote", "set-url", "origin", "https://gitlab.example.com/ml/mlpipe.git", cwd=project)
+    return project
+
+
+def gitlab(binary: str, project: Path, *args: str) -> str:
+    result = subprocess.run(
+        [binary, *args, "--ignore-predefined-vars", "CI_PIPELINE_SOURCE,CI_COMMIT_BRANCH"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"gitlab-ci-local {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def pipeline(binary: str, project: Path, variables: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The jobs GitLab would create (when: never left out), by name."""
+    jobs = json.loads(gitlab(binary, project, "--list-json", *variables))
+    return {job["name"]: job for job in jobs if job["when"] != "never"}
+
+
+@pytest.fixture(scope="module")
+def preview(gitlab_ci_local: str, ci_repo: Path) -> dict[str, Any]:
+    """The file as GitLab reads it: extends, !reference and defaults expanded."""
+    return yaml.safe_load(gitlab(gitlab_ci_local, ci_repo, "--preview"))
+
+
+@pytest.fixture(scope="module")
+def merge_request(gitlab_ci_local: str, ci_repo: Path) -> dict[str, dict[str, Any]]:
+    return pipeline(gitlab_ci_local, ci_repo, MERGE_REQUEST)
+
+
+@pytest.fixture(scope="module")
+def main(gitlab_ci_local: str, ci_repo: Path) -> dict[str, dict[str, Any]]:
+    return pipeline(gitlab_ci_local, ci_repo, MAIN)
+
+
+def needs(jobs: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    return {name: [need["job"] for need in job.get("needs", [])] for name, job in jobs.items()}
+
+
+def script(job: dict[str, Any]) -> str:
+    return "\n".join([*job.get("before_script", []), *job["script"]])
+
+
+def test_every_job_parses_and_its_script_is_valid_shell(preview: dict[str, Any], tmp_path: Path) -> None:
+    jobs = {name: job for name, job in preview.items() if isinstance(job, dict) and "script" in job}
+    assert set(jobs) == set(MAIN_DAG) | set(MERGE_REQUEST_DAG)
+    for name, job in jobs.items():
+        file = tmp_path / f"{name}.sh"
+        file.write_text(script(job))
+        checked = subprocess.run(["bash", "-n", str(file)], capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, f"{name}: {checked.stderr}"
+
+
+def test_merge_request_pipeline_runs_the_intended_dag(merge_request: dict[str, dict[str, Any]]) -> None:
+    assert needs(merge_request) == MERGE_REQUEST_DAG
+
+
+def test_main_pipeline_runs_the_intended_dag(main: dict[str, dict[str, Any]]) -> None:
+    assert needs(main) == MAIN_DAG
+
+
+def test_merge_request_pipeline_needs_no_job_it_leaves_out(gitlab_ci_local: str, ci_repo: Path) -> None:
+    # (main's smoke test needs the manual deploy, which this check cannot express)
+    out = gitlab(gitlab_ci_local, ci_repo, "--validate-dependency-chain", *MERGE_REQUEST)
+    assert "All job dependencies are valid" in out
+
+
+def test_no_job_of_a_merge_request_deploys_or_promotes(
+    merge_request: dict[str, dict[str, Any]], preview: dict[str, Any]
+) -> None:
+    for name in merge_request:
+        assert "environment" not in preview[name], name
+        assert "kubectl" not in script(preview[name]), name
+    merge_request_rule, main_rule = preview["gate"]["rules"]
+    assert merge_request_rule == {"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}
+    assert main_rule["variables"] == {"GATE_FLAGS": "--promote"}
+    assert preview["gate"]["script"] == ["mlpipe gate $GATE_FLAGS"]
+
+
+@pytest.mark.parametrize("job", ["deploy", "rollback"])
+def test_deploy_and_rollback_are_manual_and_only_on_main(
+    gitlab_ci_local: str, ci_repo: Path, main: dict[str, dict[str, Any]], preview: dict[str, Any], job: str
+) -> None:
+    assert main[job]["when"] == "manual"
+    assert job not in pipeline(gitlab_ci_local, ci_repo, FEATURE_PUSH)
+    assert preview[job]["environment"]["name"] == "production"
+
+
+def test_smoke_test_follows_the_deployment(main: dict[str, dict[str, Any]], preview: dict[str, Any]) -> None:
+    assert main["smoke"]["when"] == "on_success"
+    assert 'mlpipe predict --url "$SERVICE_URL" --n 20' in script(preview["smoke"])
+    assert preview["deploy"]["artifacts"]["reports"] == {"dotenv": "deploy.env"}
+    assert "mlpipe rollback" in script(preview["rollback"])
+
+
+def test_repro_runs_the_pipeline_on_the_gpu_runner(preview: dict[str, Any]) -> None:
+    repro = preview["repro"]
+    assert repro["tags"] == ["gpu"]
+    assert repro["image"]["name"] == "$TRAIN_IMAGE"
+    assert repro["script"][-3:] == [
+        "dvc pull --run-cache --allow-missing",
+        "dvc repro",
+        "dvc push --run-cache",
+    ]
+    assert {"reports/", "dvc.lock"} <= set(repro["artifacts"]["paths"])
+    assert [cache["paths"] for cache in repro["cache"]] == [[".dvc/cache"]]
+
+
+def test_only_repro_asks_for_the_gpu_runner(preview: dict[str, Any]) -> None:
+    assert [name for name, job in preview.items() if isinstance(job, dict) and job.get("tags")] == ["repro"]
+
+
+def test_report_compares_with_the_target_branch_and_cml_posts_it(preview: dict[str, Any]) -> None:
+    assert preview["report"]["script"] == [
+        'TARGET="$CI_MERGE_REQUEST_TARGET_BRANCH_NAME"',
+        'git fetch --quiet origin "+refs/heads/$TARGET:refs/remotes/origin/$TARGET"',
+        'mlpipe report --base "origin/$TARGET" --out reports/report.md',
+    ]
+    assert preview["report"]["artifacts"]["paths"] == ["reports/report.md", "reports/report/"]
+    comment = preview["comment"]
+    assert comment["image"]["name"].startswith("docker.io/iterativeai/cml:")
+    assert comment["script"] == ["cd reports", "cml comment update --target=pr --publish --native report.md"]
+
+
+@pytest.mark.parametrize(
+    ("job", "target", "image"), [("build", "serve", "$SERVE_IMAGE"), ("train-image", "train", "$TRAIN_IMAGE")]
+)
+def test_images_are_built_by_kaniko_and_pushed_with_the_commit_tag(
+    preview: dict[str, Any], job: str, target: str, image: str
+) -> None:
+    build = preview[job]
+    assert build["image"]["name"].startswith("gcr.io/kaniko-project/executor:v")
+    assert build["image"]["name"].endswith("-debug")
+    assert build["variables"] == {"TARGET": target, "IMAGE": image}
+    assert '--target "$TARGET" --destination "$IMAGE"' in script(build)
+    assert preview["variables"][image.lstrip("$")].endswith(f"/{target}:$CI_COMMIT_SHA")
+
+
+def test_pip_and_dvc_caches_are_kept(preview: dict[str, Any]) -> None:
+    assert preview["variables"]["PIP_CACHE_DIR"] == "$CI_PROJECT_DIR/.cache/pip"
+    assert ".cache/pip" in preview["test"]["cache"][0]["paths"]
+    assert preview["test"]["cache"][0]["key"]["files"] == ["requirements.lock", "pyproject.toml"]
+    assert preview["repro"]["cache"][0]["key"] == "dvc-$CI_COMMIT_REF_SLUG"
+
+
+def test_credentials_come_from_ci_variables_documented_in_docs(preview: dict[str, Any]) -> None:
+    defined = set(preview["variables"])
+    for job in preview.values():
+        if isinstance(job, dict):
+            defined |= set(job.get("variables") or {})
+    assert not defined & set(CREDENTIALS)
+    documented = (REPO_ROOT / "docs/ci.md").read_text()
+    assert [name for name in CREDENTIALS if f"`{name}`" not in documented] == []
+
+
+def test_workflow_runs_merge_request_and_main_pipelines_only(preview: dict[str, Any]) -> None:
+    assert preview["workflow"]["rules"] == [
+        {"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'},
+        {"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"},
+    ]
