@@ -11,10 +11,10 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 STAMP := $(VENV)/.setup-complete
 
-.PHONY: help setup repro test test-fast lint format bench dag mlflow-ui lock clean
+.PHONY: help setup repro test test-fast lint format bench bench-pipeline dag mlflow-ui lock clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## Create $(VENV) with the project (editable) and its dev tools
 
@@ -33,13 +33,20 @@ test: setup ## Run every test, end-to-end ones included
 test-fast: setup ## Run the fast tests only (no servers, no dvc runs)
 	pytest -m "not slow" $(PYTEST_ARGS)
 
+LINTED := src tests benchmarks
+
 lint: setup ## Check style and formatting
-	ruff check src tests
-	ruff format --check src tests
+	ruff check $(LINTED)
+	ruff format --check $(LINTED)
 
 format: setup ## Fix formatting and the auto-fixable lint findings
-	ruff format src tests
-	ruff check --fix src tests
+	ruff format $(LINTED)
+	ruff check --fix $(LINTED)
+
+bench: bench-pipeline bench-storage bench-serve ## Run every benchmark (figures in BENCHMARKS.md)
+
+bench-pipeline: setup ## Time the full pipeline and a no-op `dvc repro` (needs hyperfine)
+	benchmarks/pipeline.sh
 
 dag: setup ## Draw the pipeline
 	dvc dag

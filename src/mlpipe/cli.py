@@ -7,9 +7,12 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
+from typing import Annotated, Literal
 
 import typer
 
+from mlpipe import paths
 from mlpipe.errors import MlpipeError
 from mlpipe.params import load_params
 
@@ -39,6 +42,7 @@ def configure_logging(verbose: bool) -> None:
             "onnx_ir",
             "httpx",
             "matplotlib",
+            "botocore",
         ):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", category=FutureWarning)
@@ -83,6 +87,75 @@ def serve(ctx: typer.Context) -> None:
     from mlpipe.serving.server import main as serve_main
 
     serve_main(ctx.args)
+
+
+@app.command()
+def predict(
+    url: Annotated[str, typer.Option(help="Base URL of the model server, e.g. http://127.0.0.1:8080.")],
+    n: Annotated[int, typer.Option("--n", help="Random test images to send, one request each.")] = 10,
+    protocol: Annotated[Literal["v1", "v2"], typer.Option(help="Inference protocol.")] = "v2",
+    model_name: Annotated[
+        str | None, typer.Option(help="Model to call (default: the one model the server lists).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for drawing the images (default: random).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each response.")] = 10.0,
+    data_dir: Annotated[Path, typer.Option(help="The prepared data (test split).")] = paths.PREPARED_DIR,
+    min_accuracy: Annotated[float, typer.Option(help="Fail if the accuracy is below this.")] = 0.0,
+) -> None:
+    """Send random test images to a model server and print prediction vs truth and the accuracy."""
+    from mlpipe.serving.client import PredictionError, predict_samples
+
+    result = predict_samples(url, n, protocol, model_name, seed, timeout, data_dir)
+    for line in result.lines():
+        typer.echo(line)
+    if result.accuracy < min_accuracy:
+        raise PredictionError(f"accuracy {result.accuracy:.3f} is below --min-accuracy {min_accuracy}")
+
+
+@app.command()
+def report(
+    base: Annotated[str, typer.Option(help="Git revision to compare with: the MR's target branch.")] = "main",
+    out: Annotated[
+        Path, typer.Option(help="Markdown file to write; its figures go to a folder of the same name.")
+    ] = Path("reports/report.md"),
+) -> None:
+    """Write a report for reviewers: verdict, metrics and params diff against BASE, plots old vs new."""
+    from mlpipe.report import write_report
+
+    typer.echo(write_report(base, out))
+    log.info("wrote %s", out)
+
+
+@app.command()
+def gate(
+    promote: Annotated[
+        bool, typer.Option(help="If it passes, make this checkout's model version the `champion`.")
+    ] = False,
+) -> None:
+    """Check the candidate against params.yaml's `gate` thresholds and the registered champion."""
+    from mlpipe import gate as gating
+
+    typer.echo(gating.run(load_params(), promote_on_pass=promote))
+
+
+@app.command()
+def rollback() -> None:
+    """Point `champion` back at the `previous` model version (then redeploy it)."""
+    from mlpipe import gate as gating
+
+    client = gating.require_registry()
+    rolled_back, restored = gating.rollback(client, load_params().package.model_name)
+    typer.echo(f"@{gating.CHAMPION}: v{rolled_back} -> v{restored}")
+
+
+@app.command("model-uri")
+def model_uri(
+    alias: Annotated[str, typer.Option(help="Registry alias of the model version.")] = "champion",
+) -> None:
+    """Print where the package of the version holding ALIAS is stored (what a deployment serves)."""
+    from mlpipe import gate as gating
+
+    typer.echo(gating.package_uri(gating.require_registry(), load_params().package.model_name, alias))
 
 
 def _run_stage(module: str) -> None:
