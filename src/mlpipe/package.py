@@ -54,7 +54,8 @@ class ServedModel(nn.Module):
 
 
 def export_onnx(checkpoint: Checkpoint, opset: int) -> bytes:
-    """Export with a dynamic batch dimension; the bytes depend only on the weights."""
+    """Export with a dynamic batch dimension; the bytes depend only on the weights, not on
+    where the code lives."""
     served = ServedModel(checkpoint.build(), checkpoint.preprocessing).eval()
     example = torch.zeros((2, *checkpoint.image_shape))
     batch = torch.export.Dim("batch", min=1, max=65_536)
@@ -72,7 +73,12 @@ def export_onnx(checkpoint: Checkpoint, opset: int) -> bytes:
             dynamic_shapes=({0: batch},),
             verbose=False,
         )
-    return program.model_proto.SerializeToString()
+    model = program.model_proto
+    # Per-node provenance (source stack traces with absolute paths, FX node names) would make
+    # the bytes depend on where the repository is checked out; the graph does not need it.
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    return model.SerializeToString()
 
 
 def verify_onnx(onnx_bytes: bytes, checkpoint: Checkpoint, images: np.ndarray) -> np.ndarray:
