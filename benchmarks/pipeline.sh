@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Pipeline wall time, measured with hyperfine on a throwaway clone of this repository:
 #   - the whole default pipeline from scratch (`dvc repro --force`: every stage runs),
+#   - each stage's command on its own (imports included: each stage is a fresh process),
 #   - a no-op `dvc repro` and `dvc status` once everything is up to date.
 # Usage: benchmarks/pipeline.sh [RUNS]   (needs hyperfine: apt-get install hyperfine)
 set -euo pipefail
@@ -19,7 +20,9 @@ echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(free -
 echo "python $(python --version 2>&1 | cut -d' ' -f2), torch $(python -c 'import torch; print(torch.__version__)'), dvc $(dvc --version)"
 hyperfine --runs "$runs" --export-markdown "$work/full.md" --command-name "dvc repro --force (full pipeline)" \
   "dvc repro --force --quiet"
+hyperfine --runs "$runs" --export-markdown "$work/stages.md" \
+  "mlpipe prepare" "mlpipe train" "mlpipe evaluate" "mlpipe package"
 hyperfine --warmup 1 --runs 10 --export-markdown "$work/noop.md" \
   --command-name "dvc repro (no-op)" "dvc repro --quiet" \
   --command-name "dvc status" "dvc status --quiet"
-cat "$work/full.md" "$work/noop.md"
+cat "$work/full.md" "$work/stages.md" "$work/noop.md"
