@@ -29,8 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# `candidate` is the alias the package stage registers each new version with
-CANDIDATE, CHAMPION, PREVIOUS = "candidate", "champion", "previous"
+CANDIDATE, CHAMPION, PREVIOUS = tracking.CANDIDATE, tracking.CHAMPION, tracking.PREVIOUS
 HEADLINE = "test_accuracy"
 # metric -> the GateParams field holding its minimum
 THRESHOLDS = {HEADLINE: "min_test_accuracy", "test_macro_f1": "min_test_macro_f1"}

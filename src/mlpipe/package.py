@@ -37,8 +37,6 @@ from mlpipe.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
-CANDIDATE_ALIAS = "candidate"
-
 
 class ServedModel(nn.Module):
     """Raw pixels [N, H, W] (float) -> class probabilities [N, C], preprocessing included."""
@@ -278,6 +276,6 @@ def register(
                 tracking.PACKAGE_URI_TAG: package_uri,
                 "mlpipe.test_accuracy": str(info["metrics"]["test_accuracy"]),
             },
-            alias=CANDIDATE_ALIAS,
+            alias=tracking.CANDIDATE,
         )
-    log.info("registered %s version %s as @%s (run %s)", info["name"], version, CANDIDATE_ALIAS, rid)
+    log.info("registered %s version %s as @%s (run %s)", info["name"], version, tracking.CANDIDATE, rid)

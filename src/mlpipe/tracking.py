@@ -34,6 +34,9 @@ DEFAULT_EXPERIMENT = "mlpipe"
 TAG_PREFIX = "mlpipe."
 CHECKPOINT_TAG = TAG_PREFIX + "checkpoint_sha256"
 PACKAGE_URI_TAG = TAG_PREFIX + "package_uri"
+# Registry aliases: the package stage registers each new version as `candidate`; the gate
+# promotes it to `champion` and keeps the one it replaces as `previous`.
+CANDIDATE, CHAMPION, PREVIOUS = "candidate", "champion", "previous"
 
 
 def project_root() -> Path:
