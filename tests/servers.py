@@ -11,7 +11,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from mlpipe.serving.local import LOOPBACK, free_port
+
 BIN_DIR = Path(sys.executable).parent
-LOOPBACK = "127.0.0.1"
 
 # moto accepts any key; these make the fake obvious to readers and credential scanners.
 S3_TEST_ENV = {
@@ -40,13 +40,6 @@ POSTGRES_PROGRAMS = ("initdb", "postgres")
 
 class ServerError(RuntimeError):
     """A server did not start or did not answer in time."""
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +23,7 @@ from mlpipe.fashion_mnist import (
     TRAIN_LABELS,
     load_fashion_mnist,
 )
+from mlpipe.serving.local import LOOPBACK, free_port
 from tests.unit.idx_writer import write_idx
 
 N_TRAIN, N_TEST, SIDE = 20, 10, 6
@@ -104,10 +104,7 @@ def serve() -> Iterator[Serve]:
 
 
 def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
+    return f"http://{LOOPBACK}:{free_port()}/"
 
 
 def load_error(source: Path | None, **options: Any) -> str:
