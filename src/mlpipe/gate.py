@@ -12,7 +12,6 @@ Promotion moves `champion` to the version registered from this checkout's models
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -23,13 +22,13 @@ from typing import TYPE_CHECKING
 from mlpipe import paths, tracking
 from mlpipe.errors import ArtifactError, MlpipeError, TrackingError
 from mlpipe.params import GateParams, Params
+from mlpipe.tracking import CANDIDATE, CHAMPION, PREVIOUS
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
-CANDIDATE, CHAMPION, PREVIOUS = tracking.CANDIDATE, tracking.CHAMPION, tracking.PREVIOUS
 HEADLINE = "test_accuracy"
 # metric -> the GateParams field holding its minimum
 THRESHOLDS = {HEADLINE: "min_test_accuracy", "test_macro_f1": "min_test_macro_f1"}
@@ -185,7 +184,7 @@ def checkout_version(client: MlflowClient, name: str) -> str:
     Normally @candidate; on a shared server another pipeline may have moved that alias since.
     """
     try:
-        digest = hashlib.sha256(paths.CHECKPOINT_FILE.read_bytes()).hexdigest()
+        digest = tracking.checkpoint_digest(paths.CHECKPOINT_FILE)
     except FileNotFoundError as e:
         raise ArtifactError(
             f"{paths.CHECKPOINT_FILE}: not found; promotion needs the model the gate judged "

@@ -244,7 +244,7 @@ def register(
     example: np.ndarray,
 ) -> None:
     """Log the package to the run that trained the checkpoint, and register it as `candidate`."""
-    checkpoint_sha = hashlib.sha256(paths.CHECKPOINT_FILE.read_bytes()).hexdigest()
+    checkpoint_sha = tracking.checkpoint_digest(paths.CHECKPOINT_FILE)
     run_id = tracking.find_run_by_tag(mlflow_client, tracking.CHECKPOINT_TAG, checkpoint_sha)
     origin = lineage.Lineage(**info["lineage"])
     tags = tracking.lineage_tags(origin)

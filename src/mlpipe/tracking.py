@@ -11,6 +11,7 @@ becomes a TrackingError that names the endpoint; the stages then keep their prev
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -250,6 +251,11 @@ def log_params(mlflow_client: MlflowClient, run_id: str, params: Mapping[str, st
     from mlflow.entities import Param
 
     mlflow_client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()], synchronous=True)
+
+
+def checkpoint_digest(path: Path) -> str:
+    """The ``CHECKPOINT_TAG`` value of a checkpoint file: how its training run is found again."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def find_run_by_tag(mlflow_client: MlflowClient, key: str, value: str) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import tempfile
@@ -200,7 +199,7 @@ def run(params: Params) -> None:
             atomic.write_text(staged[paths.TRAIN_HISTORY_FILE], _history_csv(history))
             atomic.write_json(staged[paths.TRAIN_METRICS_FILE], final)
 
-            digest = hashlib.sha256(staged[paths.CHECKPOINT_FILE].read_bytes()).hexdigest()
+            digest = tracking.checkpoint_digest(staged[paths.CHECKPOINT_FILE])
             mlflow_client.set_tag(run_id, tracking.CHECKPOINT_TAG, digest)
             mlflow_client.set_tag(run_id, tracking.TAG_PREFIX + "device", str(device))
             tracking.log_metrics(
