@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import jsonschema
 import numpy as np
 import psutil
 import pytest
+import tritonclient.http as triton
+import yaml
+from kserve import InferenceRESTClient, RESTConfig
+from kserve.protocol.infer_type import InferInput, InferRequest
 
 from mlpipe.serving.local import LOOPBACK, LocalServer, free_port
-from tests.conftest import run
+from tests.conftest import REPO_ROOT, run
 from tests.model.serving_cases import (
     BAD_REQUEST_IDS,
     PACKAGE,
@@ -26,6 +33,9 @@ from tests.model.serving_cases import (
 )
 
 pytestmark = pytest.mark.slow
+
+# The Open Inference Protocol's REST API (source and commit in the file's header).
+PROTOCOL_SCHEMA = REPO_ROOT / "tests/data/open-inference/open_inference_rest.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +133,7 @@ def test_invalid_request_gets_400_and_the_server_keeps_serving(
     [
         ("/v1/models/{}:predict", "application/json", 400, "Unrecognized request format"),
         ("/v1/models/{}:predict", "text/plain", 400, "must be JSON"),
-        ("/v2/models/{}/infer", "application/json", 422, "JSON decode error"),
+        ("/v2/models/{}/infer", "application/json", 400, "the request body is not valid JSON"),
     ],
 )
 def test_body_that_is_not_json_gets_4xx(
@@ -186,3 +196,102 @@ def test_serve_refuses_a_broken_package_with_one_line(tmp_path: Path, built_proj
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"mlpipe: error: {tmp_path / 'package.json'}")
     assert "Traceback" not in result.stderr
+
+
+# --- protocol conformance: every response type against the published schema, real clients ---
+
+
+@pytest.fixture(scope="module")
+def protocol_schemas() -> dict[str, Any]:
+    return yaml.safe_load(PROTOCOL_SCHEMA.read_text())["components"]["schemas"]
+
+
+def assert_conforms(schemas: dict[str, Any], schema: str, body: Any) -> None:
+    """``body`` is a valid ``schema`` object of the protocol and has no null anywhere."""
+    root = {"$ref": f"#/components/schemas/{schema}", "components": {"schemas": schemas}}
+    jsonschema.Draft202012Validator(root).validate(body)
+    assert "null" not in json.dumps(body), body
+
+
+def package_version(built_project: Path) -> str:
+    manifest = json.loads((built_project / PACKAGE / "package.json").read_text())
+    return manifest["model_sha256"][:12]
+
+
+def test_metadata_responses_conform_to_the_protocol(
+    http: httpx.Client, spec: Spec, built_project: Path, protocol_schemas: dict[str, Any]
+) -> None:
+    assert_conforms(protocol_schemas, "metadata_server_response", http.get("/v2").json())
+    version = package_version(built_project)
+    for path in (f"/v2/models/{spec.model_name}", f"/v2/models/{spec.model_name}/versions/{version}"):
+        metadata = http.get(path).json()
+        assert_conforms(protocol_schemas, "metadata_model_response", metadata)
+        assert metadata["versions"] == [version]
+        assert metadata["inputs"] == [
+            {"name": "pixels", "datatype": "UINT8", "shape": [-1, spec.height, spec.width]}
+        ]
+    missing = http.get("/v2/models/nope")
+    assert missing.status_code == 404
+    assert_conforms(protocol_schemas, "metadata_model_error_response", missing.json())
+
+
+def test_inference_responses_conform_to_the_protocol(
+    http: httpx.Client, spec: Spec, built_project: Path, protocol_schemas: dict[str, Any]
+) -> None:
+    images = prepared_test_images(built_project)[:2]
+    version = package_version(built_project)
+    answers = [
+        v2_infer(http, spec, v2_body(images)),
+        v2_infer(http, spec, v2_body(images, id="conformance", outputs=[{"name": "label"}])),
+    ]
+    for response in answers:
+        assert response.status_code == 200, response.text
+        assert_conforms(protocol_schemas, "inference_response", response.json())
+        assert response.json()["model_version"] == version
+    assert [o["name"] for o in answers[1].json()["outputs"]] == ["label"]
+    refused = v2_infer(http, spec, {"inputs": []})
+    assert refused.status_code == 400
+    assert_conforms(protocol_schemas, "inference_error_response", refused.json())
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_tritonclient_works_unmodified(
+    server: LocalServer, spec: Spec, built_project: Path, binary: bool
+) -> None:
+    images = prepared_test_images(built_project)[:8]
+    client = triton.InferenceServerClient(url=f"{LOOPBACK}:{server.port}")
+    try:
+        assert client.is_server_live() and client.is_model_ready(spec.model_name)
+        assert client.get_model_metadata(spec.model_name)["inputs"][0]["datatype"] == "UINT8"
+        tensor = triton.InferInput("pixels", list(images.shape), "UINT8")
+        tensor.set_data_from_numpy(images, binary_data=binary)
+        outputs = [
+            triton.InferRequestedOutput(name, binary_data=binary) for name in ("label", "probabilities")
+        ]
+        result = client.infer(spec.model_name, [tensor], outputs=outputs)
+    finally:
+        client.close()
+    labels = [x.decode() if isinstance(x, bytes) else str(x) for x in result.as_numpy("label")]
+    assert labels == evaluate_predictions(built_project)[: len(images)]
+    assert result.as_numpy("probabilities").shape == (len(images), len(spec.labels))
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_kserve_rest_client_works_unmodified(
+    server: LocalServer, spec: Spec, built_project: Path, binary: bool
+) -> None:
+    images = prepared_test_images(built_project)[:8]
+
+    async def infer() -> list[str]:
+        client = InferenceRESTClient(RESTConfig(protocol="v2", retries=0))
+        try:
+            assert await client.is_server_ready(server.url)
+            tensor = InferInput("pixels", list(images.shape), "UINT8")
+            tensor.set_data_from_numpy(images, binary_data=binary)
+            request = InferRequest(spec.model_name, [tensor])
+            response = await client.infer(server.url, request, model_name=spec.model_name)
+        finally:
+            await client.close()
+        return [str(x) for x in response.get_output_by_name("label").as_numpy()]
+
+    assert asyncio.run(infer()) == evaluate_predictions(built_project)[: len(images)]

@@ -16,6 +16,10 @@ from mlpipe.errors import ArtifactError
 from mlpipe.package_spec import MANIFEST_FILE
 from mlpipe.package_spec import PACKAGE_FORMAT as SUPPORTED_FORMAT
 
+# The V2 datatype of each NumPy dtype a package may declare for its input.
+V2_DATATYPES = {"uint8": "UINT8", "float32": "FP32"}
+VERSION_DIGITS = 12  # a package's version: the start of its model's sha256, like a short git hash
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -26,6 +30,7 @@ class InputSpec:
     width: int
     pixel_max: int
     max_batch_size: int
+    datatype: str  # V2 datatype of the prepared pixels, e.g. UINT8
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class ModelPackage:
     """A checked package: the model bytes and what the manifest says about them."""
 
     name: str
+    version: str
     model_bytes: bytes
     input: InputSpec
     output_name: str
@@ -87,6 +93,7 @@ def read_package(model_dir: Path) -> ModelPackage:
         height, width = (int(n) for n in spec["shape"])
         package = ModelPackage(
             name=str(manifest["name"]),
+            version=str(manifest["model_sha256"])[:VERSION_DIGITS],
             model_bytes=_model_bytes(model_dir, manifest),
             input=InputSpec(
                 name=str(spec["name"]),
@@ -94,6 +101,7 @@ def read_package(model_dir: Path) -> ModelPackage:
                 width=width,
                 pixel_max=int(spec["pixel_range"][1]),
                 max_batch_size=int(spec["max_batch_size"]),
+                datatype=V2_DATATYPES[spec["dtype"]],
             ),
             output_name=str(manifest["output"]["name"]),
             labels=tuple(str(label) for label in manifest["labels"]),

@@ -2,13 +2,15 @@
 
 `ImageClassifier` follows KServe's sklearnserver: `__init__` stores settings, `load()` reads and
 checks the package and sets `ready`, `predict()` runs the ONNX model on a request's images in
-one forward pass. Protocols, health endpoints and Prometheus metrics are KServe's own.
+one forward pass. Protocols, health endpoints and Prometheus metrics are KServe's own; the
+HTTP edge in front of them (body limit, V2 decoding, error bodies, access log) is `edge`'s.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import uuid
 import warnings
 from pathlib import Path
@@ -18,12 +20,16 @@ import numpy as np
 import onnxruntime
 from kserve import Model, ModelServer
 from kserve.errors import InvalidInput
+from kserve.model_server import app as kserve_app
 from kserve.model_server import parser as kserve_parser
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.rest.server import RESTServer
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+from timing_asgi import TimingMiddleware
 
-from mlpipe.errors import ArtifactError
-from mlpipe.serving.model_package import ModelPackage, read_package
+from mlpipe.errors import ArtifactError, MlpipeError
+from mlpipe.serving.edge import AccessLog, install
+from mlpipe.serving.model_package import InputSpec, ModelPackage, read_package
 from mlpipe.serving.validation import v1_images, v2_images
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,14 @@ MODEL_LOAD_ERRORS = (
     ort_errors.NotImplemented,
     ort_errors.RuntimeException,
 )
+# Bytes one pixel may take in a JSON body ("16.000000000000004, "), and room for the rest.
+JSON_BYTES_PER_PIXEL = 24
+JSON_OVERHEAD_BYTES = 64 * 1024
+
+
+def default_max_body_bytes(spec: InputSpec) -> int:
+    """The largest body a full batch of ``spec``'s images needs as JSON, the most verbose encoding."""
+    return spec.max_batch_size * spec.height * spec.width * JSON_BYTES_PER_PIXEL + JSON_OVERHEAD_BYTES
 
 
 class ImageClassifier(Model):
@@ -93,6 +107,11 @@ class ImageClassifier(Model):
         if self.package is not None:
             self.session = self._session(self.package)
 
+    @property
+    def version(self) -> str | None:
+        """The package's version (the start of its model's sha256); None before load()."""
+        return self.package.version if self.package else None
+
     def _ready_parts(self) -> tuple[ModelPackage, onnxruntime.InferenceSession]:
         if self.package is None or self.session is None:
             raise RuntimeError("ImageClassifier.load() has not run")
@@ -128,6 +147,7 @@ class ImageClassifier(Model):
         return InferResponse(
             response_id=request.id or str(uuid.uuid4()),
             model_name=self.name,
+            model_version=package.version,
             infer_outputs=[
                 InferOutput("class_index", [n], "INT64", classes.astype(np.int64)),
                 InferOutput("label", [n], "BYTES", labels),
@@ -140,7 +160,7 @@ class ImageClassifier(Model):
     def get_input_types(self) -> list[dict[str, Any]]:
         package, _ = self._ready_parts()
         shape = [-1, package.input.height, package.input.width]
-        return [{"name": package.input.name, "datatype": "UINT8", "shape": shape}]
+        return [{"name": package.input.name, "datatype": package.input.datatype, "shape": shape}]
 
     def get_output_types(self) -> list[dict[str, Any]]:
         package, _ = self._ready_parts()
@@ -152,17 +172,49 @@ class ImageClassifier(Model):
         ]
 
 
-class HostModelServer(ModelServer):
-    """KServe's ModelServer listening on one address (KServe 0.21 always binds 0.0.0.0)."""
+class EdgeRESTServer(RESTServer):
+    """KServe's REST server with `edge` in front of its routes and one access line per request."""
 
-    def __init__(self, host: str, **kwargs: Any) -> None:
+    max_body_bytes: int
+    access: AccessLog
+
+    def create_application(self) -> None:
+        super().create_application()  # KServe's routes, handlers and middleware on its app
+        # KServe's timing middleware logs two trace lines per request; the access line says it all.
+        kserve_app.user_middleware = [m for m in kserve_app.user_middleware if m.cls is not TimingMiddleware]
+        install(kserve_app, self.dataplane, self.max_body_bytes, self.access)
+        configure_access_log(self.access)
+
+
+def configure_access_log(access: AccessLog) -> None:
+    """Our access line replaces uvicorn's (which has no latency and cannot be JSON)."""
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logger = logging.getLogger("mlpipe.serving.access")
+    handler = logging.StreamHandler(sys.stdout)
+    text_format = "%(asctime)s.%(msecs)03d %(message)s"
+    handler.setFormatter(logging.Formatter(None if access.as_json else text_format, "%Y-%m-%d %H:%M:%S"))
+    logger.handlers = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+class HostModelServer(ModelServer):
+    """KServe's ModelServer on one address (KServe 0.21 always binds 0.0.0.0), behind `edge`."""
+
+    def __init__(self, host: str, max_body_bytes: int, access: AccessLog, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.host = host
+        self.max_body_bytes = max_body_bytes
+        self.access = access
 
     async def _serve(self) -> None:
-        # The REST servers are built in start() and bind when awaited here; set their address first.
+        # ModelServer.start() builds its RESTServer itself, and with --workers > 1 pickles it into
+        # each worker process, which then builds the app: make it an EdgeRESTServer before either.
         for server in (self._rest_server, getattr(self._rest_multiprocess_server, "_rest_server", None)):
             if server is not None:
+                server.__class__ = EdgeRESTServer
+                server.max_body_bytes = self.max_body_bytes
+                server.access = self.access
                 server.config.host = self.host
         await super()._serve()
 
@@ -190,9 +242,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="The address to listen on; 127.0.0.1 keeps the server local.",
     )
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="ONNX Runtime intra-op threads.")
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        help="Largest request body accepted (413 beyond it); default: a full batch of the package's "
+        "max_batch_size images as JSON.",
+    )
+    parser.add_argument(
+        "--access-log",
+        choices=("text", "json", "off"),
+        default="text",
+        help="One line per request (client, method, path, status, milliseconds, error), or none.",
+    )
     # The model name defaults to the package's; gRPC is off (HTTP is what the InferenceService
-    # exposes, and KServe's gRPC server would listen on every interface).
-    parser.set_defaults(model_name=None, enable_grpc=False)
+    # exposes, and KServe's gRPC server would listen on every interface); KServe's latency line
+    # would be a second line per request.
+    parser.set_defaults(model_name=None, enable_grpc=False, enable_latency_logging=False)
     return parser
 
 
@@ -204,8 +269,14 @@ def main(argv: list[str]) -> None:
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     model = ImageClassifier(args.model_name, args.model_dir, threads=args.threads)
     model.load()
+    package, _ = model._ready_parts()
+    max_body_bytes = args.max_body_bytes or default_max_body_bytes(package.input)
+    if max_body_bytes < 1:
+        raise MlpipeError(f"--max-body-bytes must be a positive number of bytes; got {max_body_bytes}")
     server = HostModelServer(
         host=args.host,
+        max_body_bytes=max_body_bytes,
+        access=AccessLog(enabled=args.access_log != "off", as_json=args.access_log == "json"),
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         workers=args.workers,

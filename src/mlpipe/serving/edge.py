@@ -1,0 +1,276 @@
+"""The HTTP edge of `mlpipe serve`: one ASGI middleware on KServe's FastAPI app.
+
+It bounds request bodies (413 before a body larger than the limit is read), answers V2
+inference itself (decoding with `wire`, then KServe's dataplane and the model, so KServe's
+protocol types and Prometheus metrics stay in the path while FastAPI's routing and request
+model do not), gives model metadata the model's real version, and turns every refusal into the
+protocol's ``{"error": "..."}`` body through `reject`, the one place a request is refused.
+Every other route (health, V1, metrics, repository) is KServe's own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.infer_type import InferResponse
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from mlpipe.serving.wire import decode_request, encode_response
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+access_log = logging.getLogger("mlpipe.serving.access")
+ERROR_KEY = "mlpipe.error"  # where `reject` notes the refusal for the access line
+BODY_METHODS = ("POST", "PUT", "PATCH")
+MAX_VALIDATION_ERRORS = 3
+
+
+def reject(scope: Scope, status: int, message: str) -> Response:
+    """The one place a request is refused: the protocol's error body, noted for the access log."""
+    scope[ERROR_KEY] = message
+    return Response(orjson.dumps({"error": message}), status, media_type="application/json")
+
+
+class BodyTooLargeError(Exception):
+    """The request body is larger than the server accepts."""
+
+
+@dataclass(frozen=True)
+class AccessLog:
+    """At most one line per request: text or JSON, or none at all."""
+
+    enabled: bool = True
+    as_json: bool = False
+
+    def record(self, scope: Scope, status: int, seconds: float) -> None:
+        if not self.enabled:
+            return
+        client = scope.get("client") or ("-", 0)
+        error = scope.get(ERROR_KEY)
+        if self.as_json:
+            entry = {
+                "client": f"{client[0]}:{client[1]}",
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "ms": round(seconds * 1000, 3),
+            }
+            access_log.info(json.dumps(entry | ({"error": error} if error else {})))
+        else:
+            suffix = f" error={json.dumps(error)}" if error else ""
+            access_log.info(
+                '%s:%s "%s %s" %d %.2fms%s',
+                *client,
+                scope["method"],
+                scope["path"],
+                status,
+                seconds * 1000,
+                suffix,
+            )
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body, or BodyTooLargeError as soon as more than ``limit`` bytes arrived."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive channel that yields the already-read body, then what the client sends next."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+class Edge:
+    """ASGI middleware: body limit, V2 inference and metadata, error bodies, the access line."""
+
+    def __init__(self, app: ASGIApp, dataplane: DataPlane, max_body_bytes: int, access: AccessLog) -> None:
+        self.app = app
+        self.dataplane = dataplane
+        self.max_body_bytes = max_body_bytes
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client sees if the app fails before answering
+
+        async def noting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, noting_send)
+        finally:
+            self.access.record(scope, status, time.perf_counter() - started)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        if scope["method"] in BODY_METHODS:
+            try:
+                body = await self._body(scope, receive)
+            except BodyTooLargeError:
+                message = (
+                    f"the request body is larger than this server accepts ({self.max_body_bytes} "
+                    "bytes, set by `mlpipe serve --max-body-bytes`); send fewer images per request"
+                )
+                await reject(scope, 413, message)(scope, receive, send)
+                return
+            receive = _replay(body, receive)
+        try:
+            route = self._route(scope)
+            if route is None:
+                await self.app(scope, receive, send)
+                return
+            kind, model_name = route
+            if kind == "infer" and scope["method"] == "POST":
+                response = await self._infer(model_name, body, _headers(scope))
+            elif kind == "metadata" and scope["method"] == "GET":
+                response = await self._metadata(model_name)
+            else:
+                await self.app(scope, receive, send)
+                return
+        except InvalidInput as e:
+            response = reject(scope, 400, str(e))
+        except ModelNotFound as e:
+            response = reject(scope, 404, str(e))
+        except ModelNotReady as e:
+            response = reject(scope, 503, str(e))
+        await response(scope, receive, send)
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise BodyTooLargeError  # refused before a byte of the body is read
+        return await read_body(receive, self.max_body_bytes)
+
+    def _route(self, scope: Scope) -> tuple[str, str] | None:
+        """("infer" | "metadata" | "other", model) for /v2/models/... paths, with the version checked.
+
+        A path naming the served version is rewritten to the unversioned one, which KServe serves;
+        another version raises ModelNotFound.
+        """
+        parts = scope["path"].split("/")
+        if len(parts) < 4 or parts[1:3] != ["v2", "models"] or not parts[3]:
+            return None
+        model_name, rest = parts[3], parts[4:]
+        if rest[:1] == ["versions"] and len(rest) >= 2:
+            self._check_version(model_name, rest[1])
+            rest = rest[2:]
+            scope["path"] = "/".join(["", "v2", "models", model_name, *rest])
+            scope["raw_path"] = scope["path"].encode()
+        if rest == ["infer"]:
+            return "infer", model_name
+        if rest == []:
+            return "metadata", model_name
+        return "other", model_name
+
+    def _check_version(self, model_name: str, version: str) -> None:
+        model = self.dataplane.model_registry.get_model(model_name)
+        served = getattr(model, "version", None)
+        if model is None or version != served:
+            raise _UnknownVersion(model_name, version, served)
+
+    async def _infer(self, model_name: str, body: bytes, headers: dict[str, str]) -> Response:
+        await self.dataplane.get_model(model_name)  # ModelNotFound before the body is decoded
+        if not await self.dataplane.model_ready(model_name, True):
+            raise ModelNotReady(model_name)
+        request = decode_request(body, headers, model_name)
+        result, _ = await self.dataplane.infer(model_name, request, headers)
+        if not isinstance(result, InferResponse):
+            raise TypeError(f"model {model_name} answered {type(result).__name__}, not an InferResponse")
+        content, response_headers = encode_response(result)
+        return Response(content, 200, headers=response_headers)
+
+    async def _metadata(self, model_name: str) -> Response:
+        metadata = await self.dataplane.model_metadata(model_name)
+        version = getattr(self.dataplane.model_registry.get_model(model_name), "version", None)
+        body = {k: v for k, v in metadata.items() if v is not None}
+        if version:
+            body["versions"] = [version]
+        return Response(orjson.dumps(body), 200, media_type="application/json")
+
+
+class _UnknownVersion(ModelNotFound):
+    def __init__(self, model_name: str, version: str, served: str | None) -> None:
+        super().__init__(model_name)
+        self.reason = (
+            f"model {model_name!r} has no version {version!r}"
+            + (f"; it serves version {served!r}" if served else "")
+            + f" (GET /v2/models/{model_name} lists it)"
+        )
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def _validation_message(error: RequestValidationError) -> str:
+    problems = [
+        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'request'}: {e.get('msg', 'invalid')}"
+        for e in error.errors()
+    ]
+    return "invalid request: " + "; ".join(problems[:MAX_VALIDATION_ERRORS])
+
+
+def install(app: FastAPI, dataplane: DataPlane, max_body_bytes: int, access: AccessLog) -> None:
+    """Put the edge in front of KServe's routes and make every refusal the protocol's error body."""
+
+    async def invalid_input(request: Request, exc: Exception) -> Response:
+        return reject(request.scope, 400, str(exc))
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return reject(request.scope, 404, str(exc))
+
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        return reject(request.scope, 400, _validation_message(exc))
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        phrase = HTTPStatus(exc.status_code).phrase
+        message = f"{exc.detail}: {request.method} {request.url.path}" if exc.detail else phrase
+        response = reject(request.scope, exc.status_code, message)
+        response.headers.update(exc.headers or {})
+        return response
+
+    app.add_exception_handler(InvalidInput, invalid_input)
+    app.add_exception_handler(ModelNotFound, not_found)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_middleware(Edge, dataplane=dataplane, max_body_bytes=max_body_bytes, access=access)
