@@ -13,7 +13,11 @@ WORKDIR /build
 COPY pyproject.toml requirements.lock README.md ./
 COPY src/ src/
 # Only the serve extra (kserve, onnxruntime, httpx): no torch, sklearn, mlflow or dvc.
-RUN python -m venv /opt/mlpipe \
+# Behind a TLS-intercepting proxy, pass its CA bundle as the build secret `pip-ca`
+# (docs/serving.md): pip then verifies against it; it is never stored in a layer.
+RUN --mount=type=secret,id=pip-ca \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && python -m venv /opt/mlpipe \
     && /opt/mlpipe/bin/pip install --constraint requirements.lock ".[serve]"
 
 # --- serve: the runtime image ---------------------------------------------------------------

@@ -14,9 +14,16 @@ predict: setup ## Send N random test images to a server (URL=..., default the lo
 
 bench: bench-serve
 
-bench-serve: setup ## Load-test the local server (needs wrk); figures for BENCHMARKS.md
+# MLServer cannot share an environment with kserve (FastAPI/Starlette pins): its own, for the benchmark.
+MLSERVER_VENV ?= .cache/mlserver
+$(MLSERVER_VENV)/bin/mlserver:
+	python3 -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install 'mlserver==1.7.1' 'mlserver-mlflow==1.7.1' 'mlflow==3.17.2' \
+	  'onnx==1.23.2' 'onnxruntime==1.32.0'
+
+bench-serve: setup $(MLSERVER_VENV)/bin/mlserver ## Load-test mlpipe serve against MLflow, MLServer and the floor (needs wrk)
 	dvc repro package
-	python benchmarks/serve.py --model-dir models/package
+	python benchmarks/serve.py --model-dir models/package --mlserver-venv $(MLSERVER_VENV)
 
 # Both print YAML for `kubectl apply -f -` on stdout: no prerequisites, no echoed commands.
 deploy-manifest: ## Render deploy/ (ENV, IMAGE, STORAGE_URI; optional CANARY, MODEL_NAME)

@@ -1,11 +1,11 @@
-"""The HTTP edge of `mlpipe serve`: one ASGI middleware on KServe's FastAPI app.
+"""The HTTP edge of `mlpipe serve`: the ASGI app in front of KServe's FastAPI app.
 
 It bounds request bodies (413 before a body larger than the limit is read), answers V2
 inference itself (decoding with `wire`, then KServe's dataplane and the model, so KServe's
-protocol types and Prometheus metrics stay in the path while FastAPI's routing and request
-model do not), gives model metadata the model's real version, and turns every refusal into the
-protocol's ``{"error": "..."}`` body through `reject`, the one place a request is refused.
-Every other route (health, V1, metrics, repository) is KServe's own.
+protocol types and Prometheus metrics stay in the path while FastAPI's middleware, routing and
+request model do not), gives model metadata the model's real version, and turns every refusal
+into the protocol's ``{"error": "..."}`` body through `reject`, the one place a request is
+refused. Every other route (health, V1, metrics, repository) is KServe's own.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+log = logging.getLogger(__name__)
 access_log = logging.getLogger("mlpipe.serving.access")
 ERROR_KEY = "mlpipe.error"  # where `reject` notes the refusal for the access line
 BODY_METHODS = ("POST", "PUT", "PATCH")
@@ -116,7 +117,7 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 class Edge:
-    """ASGI middleware: body limit, V2 inference and metadata, error bodies, the access line."""
+    """ASGI app wrapping KServe's: body limit, V2 inference and metadata, error bodies, access line."""
 
     def __init__(self, app: ASGIApp, dataplane: DataPlane, max_body_bytes: int, access: AccessLog) -> None:
         self.app = app
@@ -129,7 +130,7 @@ class Edge:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500  # what the client sees if the app fails before answering
+        status = 0
 
         async def noting_send(message: Message) -> None:
             nonlocal status
@@ -139,6 +140,14 @@ class Edge:
 
         try:
             await self._handle(scope, receive, noting_send)
+        except Exception as e:
+            # A bug of the server, never the client's doing: the one place a traceback is logged.
+            log.exception("%s %s failed", scope["method"], scope["path"])
+            if status:
+                raise
+            status = 500
+            body = orjson.dumps({"error": f"internal server error ({type(e).__name__}); see the server log"})
+            await Response(body, 500, media_type="application/json")(scope, receive, send)
         finally:
             self.access.record(scope, status, time.perf_counter() - started)
 
@@ -250,8 +259,8 @@ def _validation_message(error: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(problems[:MAX_VALIDATION_ERRORS])
 
 
-def install(app: FastAPI, dataplane: DataPlane, max_body_bytes: int, access: AccessLog) -> None:
-    """Put the edge in front of KServe's routes and make every refusal the protocol's error body."""
+def install(app: FastAPI, dataplane: DataPlane, max_body_bytes: int, access: AccessLog) -> Edge:
+    """The edge in front of KServe's ``app``, whose refusals become the protocol's error body too."""
 
     async def invalid_input(request: Request, exc: Exception) -> Response:
         return reject(request.scope, 400, str(exc))
@@ -273,4 +282,4 @@ def install(app: FastAPI, dataplane: DataPlane, max_body_bytes: int, access: Acc
     app.add_exception_handler(ModelNotFound, not_found)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, http_error)
-    app.add_middleware(Edge, dataplane=dataplane, max_body_bytes=max_body_bytes, access=access)
+    return Edge(app, dataplane, max_body_bytes, access)

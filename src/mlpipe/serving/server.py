@@ -9,6 +9,7 @@ HTTP edge in front of them (body limit, V2 decoding, error bodies, access log) i
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 import uuid
@@ -182,7 +183,8 @@ class EdgeRESTServer(RESTServer):
         super().create_application()  # KServe's routes, handlers and middleware on its app
         # KServe's timing middleware logs two trace lines per request; the access line says it all.
         kserve_app.user_middleware = [m for m in kserve_app.user_middleware if m.cls is not TimingMiddleware]
-        install(kserve_app, self.dataplane, self.max_body_bytes, self.access)
+        # uvicorn serves the edge, which hands what it does not answer itself to KServe's app.
+        self.config.app = install(kserve_app, self.dataplane, self.max_body_bytes, self.access)
         configure_access_log(self.access)
 
 
@@ -261,12 +263,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def use_event_loop(name: str) -> None:
+    """Make ``--event_loop`` hold for one worker too: KServe then runs its server with
+    asyncio.run(), on the default loop, whatever the option says (uvloop halves the cost of each
+    socket operation)."""
+    if name in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if name == "uvloop":
+                raise MlpipeError("--event_loop uvloop: uvloop is not installed") from None
+            return
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        asyncio.set_event_loop(asyncio.new_event_loop())  # ModelServer.start() asks for the current one
+
+
 def main(argv: list[str]) -> None:
     """Load the package and serve it until SIGINT/SIGTERM."""
     args = build_parser().parse_args(argv)
     # KServe 0.21 answers with FastAPI's ORJSONResponse, which newer FastAPI deprecates: nothing
     # a user of this server can act on.
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
+    use_event_loop(args.event_loop)
     model = ImageClassifier(args.model_name, args.model_dir, threads=args.threads)
     model.load()
     package, _ = model._ready_parts()
