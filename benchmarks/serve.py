@@ -1,37 +1,48 @@
-"""Load test of `mlpipe serve` on this machine (`make bench-serve`); prints BENCHMARKS.md's table.
+"""Load test of `mlpipe serve` and the servers a user would pick instead (`make bench-serve`).
 
-1. Bare forward: the server's own ONNX Runtime session on one test image, no HTTP.
-2. Latency: single-image V2 requests sent open-loop at a fixed rate (each at its scheduled time,
-   whether or not earlier ones have returned) by the small asyncio HTTP/1.1 client below; a
-   request's latency runs from its scheduled time, so a stalled server is not hidden.
-3. Throughput: `wrk` (closed loop, one thread) with more and more connections until the
-   requests/s stop growing; the best rate without errors is the maximum sustained rate.
-The load generators run on the same cores as the server, so the figures are conservative.
+The same ONNX model (models/package/model.onnx), one test image per request, on this machine:
+- `mlpipe serve` (KServe behind `mlpipe.serving.edge`, V2 JSON);
+- `mlflow models serve` of the model saved with MLflow's ONNX flavor (`/invocations`);
+- MLServer with its MLflow runtime, from its own virtual environment (``--mlserver-venv``;
+  it cannot share one with kserve), V2 JSON;
+- the floor: Starlette + uvicorn + ONNX Runtime and nothing else (benchmarks/floor_server.py).
+For each: 1. latency of requests sent open-loop at a fixed rate (each at its scheduled time,
+whether or not earlier ones have returned; a stalled server is not hidden); 2. `wrk` closed
+loop, 1 connection, then 8: the best rate without errors is the maximum. Then a py-spy profile
+of `mlpipe serve` under wrk (when py-spy is installed), by the library each sample is in.
+The load generators share the cores with the server, so the figures are conservative.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from mlpipe.data import read_split
-from mlpipe.serving.local import LOOPBACK, LocalServer
+from mlpipe.serving.local import LOOPBACK, free_port
 from mlpipe.serving.server import ImageClassifier
 
-WRK_CONNECTIONS = (1, 2, 4, 8, 16, 32, 64)
-GOAL_P99_MS, GOAL_RPS, GOAL_OVERHEAD_MS = 10.0, 300.0, 3.0
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+BIN_DIR = Path(sys.executable).parent
+WRK_CONNECTIONS = (1, 8)
 
 
 @dataclass(frozen=True)
@@ -166,100 +177,248 @@ def wrk(url: str, body: bytes, connections: int, seconds: int, script_dir: Path)
     return WrkRun(connections, float(rps[1]), _wrk_millis(out, "50"), _wrk_millis(out, "99"), errors)
 
 
-def max_throughput(url: str, body: bytes, seconds: int, script_dir: Path) -> list[WrkRun]:
-    """wrk runs with growing concurrency, until throughput grows by less than 5%."""
-    runs: list[WrkRun] = []
+@dataclass(frozen=True)
+class Server:
+    """A model server to start as a child process, and the one-image request it answers."""
+
+    name: str
+    command: list[str]
+    path: str
+    body: bytes
+    ready_path: str
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+
+@contextlib.contextmanager
+def running(server: Server, log: Path, timeout: float = 180.0) -> Iterator[subprocess.Popen[bytes]]:
+    """The server's process, once ``ready_path`` answers 200; stopped by PID afterwards."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            server.command, stdout=out, stderr=subprocess.STDOUT, env=os.environ | server.env
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{server.name} did not start:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(server.url + server.ready_path, timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        probe = httpx.post(server.url + server.path, content=server.body, timeout=10,
+                           headers={"content-type": "application/json"})  # fmt: skip
+        if probe.status_code != 200:
+            raise RuntimeError(f"{server.name} refused the benchmark request: {probe.text[:500]}")
+        yield process
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    latency: Latencies
+    runs: list[WrkRun]
+
+    @property
+    def best(self) -> WrkRun | None:
+        return max((r for r in self.runs if r.errors == 0), key=lambda r: r.rps, default=None)
+
+
+def measure(server: Server, rate: float, seconds: float, wrk_seconds: int, scratch: Path) -> Result:
+    request = http_request(server.port, server.path, server.body)
+    asyncio.run(open_loop(server.port, request, min(rate, 100), 2))  # warm up
+    latency = asyncio.run(open_loop(server.port, request, rate, seconds))
+    print(f"{server.name}: {rate:.0f} req/s: p50 {latency.pct(50):.2f} ms, p99 {latency.pct(99):.2f} ms, "
+          f"{latency.errors} errors", flush=True)  # fmt: skip
+    runs = []
     for connections in WRK_CONNECTIONS:
-        runs.append(wrk(url, body, connections, seconds, script_dir))
+        runs.append(wrk(server.url + server.path, server.body, connections, wrk_seconds, scratch))
         print(f"  wrk -c{connections}: {runs[-1].rps:.0f} req/s, p99 {runs[-1].p99_ms:.2f} ms", flush=True)
-        if len(runs) > 2 and runs[-1].rps < 1.05 * max(r.rps for r in runs[:-1]):
-            break
-    return runs
+    return Result(server.name, latency, runs)
 
 
-def verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
+def mlflow_model(onnx_path: Path, image: np.ndarray, dest: Path) -> Path:
+    """The package's ONNX model saved with MLflow's ONNX flavor, with a float32 tensor signature."""
+    import mlflow.onnx
+    import onnx
+    from mlflow.models import infer_signature
+
+    example = {"pixels": image[None].astype(np.float32)}
+    mlflow.onnx.save_model(onnx.load(onnx_path), dest, signature=infer_signature(example))
+    return dest
 
 
-def summary(forward: np.ndarray, latency: Latencies, sustained: Latencies, runs: list[WrkRun]) -> list[str]:
-    """The Markdown tables for BENCHMARKS.md: figures against the goals, then every wrk run."""
-    forward_p50, forward_p99 = np.percentile(forward, [50, 99])
-    overhead = latency.pct(50) - forward_p50
-    best = max((r for r in runs if r.errors == 0), key=lambda r: r.rps, default=None)
+def v2_body(image: np.ndarray, datatype: str) -> bytes:
+    tensor = {"name": "pixels", "shape": [1, *image.shape], "datatype": datatype}
+    return json.dumps({"inputs": [{**tensor, "data": image.ravel().tolist()}]}).encode()
+
+
+def servers(model_dir: Path, image: np.ndarray, scratch: Path, mlserver_venv: Path | None) -> list[Server]:
+    """The four servers of the comparison (MLServer only if its virtual environment exists)."""
+    model = json.loads((model_dir / "package.json").read_text())["name"]
+    saved = mlflow_model(model_dir / "model.onnx", image, scratch / "mlflow-model")
+    ports = [free_port() for _ in range(6)]
+    result = [
+        Server(
+            "mlpipe serve",
+            [sys.executable, "-m", "mlpipe", "serve", "--model-dir", str(model_dir), "--host", LOOPBACK,
+             "--http-port", str(ports[0])],
+            f"/v2/models/{model}/infer", v2_body(image, "UINT8"), "/v2/health/ready", ports[0],
+        ),
+        Server(
+            "mlflow models serve",
+            [str(BIN_DIR / "mlflow"), "models", "serve", "-m", str(saved), "--env-manager", "local",
+             "-h", LOOPBACK, "-p", str(ports[1]), "-w", "1"],
+            "/invocations",
+            json.dumps({"inputs": {"pixels": image[None].astype(float).tolist()}}).encode(),
+            "/ping", ports[1],
+        ),
+        Server(
+            "Starlette + uvicorn + ONNX Runtime (floor)",
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(BENCHMARKS_DIR), "floor_server:app",
+             "--host", LOOPBACK, "--port", str(ports[2]), "--no-access-log"],
+            "/v2/models/floor/infer", v2_body(image, "FP32"), "/v2/health/ready", ports[2],
+            {"MLPIPE_FLOOR_MODEL": str(model_dir / "model.onnx")},
+        ),
+    ]  # fmt: skip
+    if mlserver_venv is not None:
+        (scratch / "mlserver" / "model").mkdir(parents=True)
+        (scratch / "mlserver" / "settings.json").write_text(json.dumps(
+            {"host": LOOPBACK, "http_port": ports[3], "grpc_port": ports[4], "metrics_port": ports[5]}
+        ))  # fmt: skip
+        (scratch / "mlserver" / "model" / "model-settings.json").write_text(json.dumps(
+            {"name": "mlpipe", "implementation": "mlserver_mlflow.MLflowRuntime",
+             "parameters": {"uri": str(saved)}}
+        ))  # fmt: skip
+        result.insert(2, Server(
+            "MLServer + mlserver-mlflow",
+            [str(mlserver_venv / "bin" / "mlserver"), "start", str(scratch / "mlserver")],
+            "/v2/models/mlpipe/infer", v2_body(image.astype(np.float32), "FP32"), "/v2/health/ready",
+            ports[3],
+        ))  # fmt: skip
+    return result
+
+
+# Where a profile sample's innermost Python frame is, by the path of its file.
+PROFILE_GROUPS = (
+    ("onnxruntime", "the model's forward pass (ONNX Runtime)"),
+    ("mlpipe/serving/validation", "mlpipe: request checks"),
+    ("mlpipe/serving/wire", "mlpipe: V2 decoding and encoding"),
+    ("mlpipe/serving/edge", "mlpipe: HTTP edge"),
+    ("mlpipe", "mlpipe: the model class"),
+    ("kserve", "KServe: dataplane, model call, InferRequest/InferResponse"),
+    ("pydantic", "pydantic (KServe's request model)"),
+    ("prometheus_client", "Prometheus metrics"),
+    ("numpy", "NumPy conversions"),
+    ("orjson", "JSON"),
+    ("json", "JSON"),
+    ("logging", "logging"),
+    ("uvicorn", "uvicorn + httptools (HTTP parsing, ASGI)"),
+    ("httptools", "uvicorn + httptools (HTTP parsing, ASGI)"),
+    ("starlette", "Starlette/FastAPI"),
+    ("fastapi", "Starlette/FastAPI"),
+    ("asyncio", "asyncio event loop"),
+    ("uvloop", "asyncio event loop"),
+)
+
+
+def profile(server: Server, seconds: int, scratch: Path) -> list[tuple[str, float]]:
+    """Share of py-spy's samples of the server under wrk -c1, by where the innermost frame is."""
+    raw = scratch / "profile.txt"
+    with running(server, scratch / "profiled.log") as process:
+        spy = subprocess.Popen(
+            ["py-spy", "record", "--format", "raw", "--rate", "500", "--duration", str(seconds + 1),
+             "--nonblocking", "-o", str(raw), "--pid", str(process.pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(1)
+        wrk(server.url + server.path, server.body, 1, seconds, scratch)
+        spy.wait(60)
+    counts: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        leaf = stack.rsplit(";", 1)[-1]
+        if "(" not in leaf:
+            continue
+        where = leaf[leaf.index("(") :]
+        group = next((g for key, g in PROFILE_GROUPS if f"/{key}" in where), "other (interpreter, idle)")
+        counts[group] += int(count)
+    total = sum(counts.values()) or 1
+    return [(group, 100 * n / total) for group, n in counts.most_common()]
+
+
+def table(results: list[Result], rate: float) -> list[str]:
+    """BENCHMARKS.md's four-server table."""
     rows = [
-        ("bare forward, 1 image (ONNX Runtime, p50 / p99)", f"{forward_p50:.3f} / {forward_p99:.3f} ms", ""),
-        *(
-            (
-                f"single-image V2 requests at {run.rate:.0f} req/s for {run.seconds:.0f} s (p50 / p99 / max)",
-                f"{run.pct(50):.2f} / {run.pct(99):.2f} / {run.millis.max():.2f} ms, {run.errors} errors "
-                f"(sent late: p50 {np.median(run.late):.2f}, p99 {np.percentile(run.late, 99):.2f} ms)",
-                goal,
-            )
-            for run, goal in (
-                (latency, f"p99 ≤ {GOAL_P99_MS:g} ms: {verdict(latency.pct(99) <= GOAL_P99_MS)}"),
-                (sustained, ""),
-            )
-        ),
-        (
-            "server overhead over the bare forward (p50 − p50)",
-            f"{overhead:.2f} ms",
-            f"≤ {GOAL_OVERHEAD_MS:g} ms: {verdict(overhead <= GOAL_OVERHEAD_MS)}",
-        ),
-        (
-            "maximum sustained throughput (wrk, closed loop, no errors)",
-            f"{best.rps:.0f} req/s at {best.connections} connections, p99 {best.p99_ms:.2f} ms"
-            if best
-            else "-",
-            f"≥ {GOAL_RPS:g} req/s: {verdict(best is not None and best.rps >= GOAL_RPS)}",
-        ),
+        f"| server | p50 / p99 at {rate:.0f} req/s | errors | req/s, 1 connection (p99) "
+        "| req/s, 8 connections (p99) | max req/s |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    return [
-        "| measure | result | goal |",
-        "|---|---|---|",
-        *(f"| {measure} | {result} | {goal} |" for measure, result, goal in rows),
-        "",
-        "| wrk connections | req/s | p50 | p99 | errors |",
-        "|---:|---:|---:|---:|---:|",
-        *(
-            f"| {r.connections} | {r.rps:.0f} | {r.p50_ms:.2f} ms | {r.p99_ms:.2f} ms | {r.errors} |"
-            for r in runs
-        ),
-    ]
+    for r in results:
+        c1, c8 = r.runs
+        best = f"{r.best.rps:.0f}" if r.best else "-"
+        rows.append(
+            f"| {r.name} | {r.latency.pct(50):.2f} / {r.latency.pct(99):.2f} ms | {r.latency.errors} | "
+            f"{c1.rps:.0f} ({c1.p99_ms:.1f} ms) | {c8.rps:.0f} ({c8.p99_ms:.1f} ms) | {best} |"
+        )
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=Path("models/package"))
     parser.add_argument("--data-dir", type=Path, default=Path("data/prepared"))
-    parser.add_argument("--rate", type=float, default=100.0, help="Requests/s of the latency run.")
-    parser.add_argument("--seconds", type=float, default=20.0, help="Length of the latency run.")
+    parser.add_argument("--rate", type=float, default=200.0, help="Requests/s of the latency runs.")
+    parser.add_argument("--seconds", type=float, default=10.0, help="Length of each latency run.")
     parser.add_argument("--wrk-seconds", type=int, default=5, help="Length of each wrk run.")
+    parser.add_argument(
+        "--mlserver-venv",
+        type=Path,
+        default=Path(".cache/mlserver"),
+        help="A virtual environment with mlserver and mlserver-mlflow (skipped if absent).",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (Debian/Ubuntu) or brew install wrk")
+    mlserver = args.mlserver_venv if (args.mlserver_venv / "bin" / "mlserver").exists() else None
+    if mlserver is None:
+        print(f"MLServer skipped: no {args.mlserver_venv}/bin/mlserver", flush=True)
 
     image = read_split("test", args.data_dir).images[0]
     forward = bare_forward(args.model_dir, image)
     print(f"bare forward: p50 {np.percentile(forward, 50):.4f} ms, p99 {np.percentile(forward, 99):.4f} ms")
-
-    with (
-        tempfile.TemporaryDirectory() as scratch,
-        LocalServer(args.model_dir, Path(scratch) / "serve.log") as server,
-    ):
-        model = json.loads((args.model_dir / "package.json").read_text())["name"]
-        path = f"/v2/models/{model}/infer"
-        tensor = {"name": "pixels", "shape": [1, *image.shape], "datatype": "UINT8"}
-        body = json.dumps({"inputs": [{**tensor, "data": image.ravel().tolist()}]}).encode()
-        request = http_request(server.port, path, body)
-        asyncio.run(open_loop(server.port, request, 200, 2))
-        latency = asyncio.run(open_loop(server.port, request, args.rate, args.seconds))
-        print(f"{args.rate:.0f} req/s: p50 {latency.pct(50):.2f} ms, p99 {latency.pct(99):.2f} ms")
-        sustained = asyncio.run(open_loop(server.port, request, GOAL_RPS, 10))
-        print(f"{GOAL_RPS:.0f} req/s: p50 {sustained.pct(50):.2f} ms, p99 {sustained.pct(99):.2f} ms")
-        runs = max_throughput(server.url + path, body, args.wrk_seconds, Path(scratch))
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        results = []
+        candidates = servers(args.model_dir, image, scratch, mlserver)
+        for server in candidates:
+            try:
+                with running(server, scratch / f"{server.name.split()[0]}.log"):
+                    results.append(measure(server, args.rate, args.seconds, args.wrk_seconds, scratch))
+            except RuntimeError as e:  # one server that does not start does not void the others
+                print(f"{server.name}: not measured: {e}", flush=True)
+        shares = profile(candidates[0], args.wrk_seconds, scratch) if shutil.which("py-spy") else []
 
     print("\n".join(["", f"Machine: {machine()}; server and load generators share its cores.", ""]))
-    print("\n".join(summary(forward, latency, sustained, runs)))
+    print(f"Bare forward of one image: p50 {np.percentile(forward, 50):.3f} ms, "
+          f"p99 {np.percentile(forward, 99):.3f} ms\n")  # fmt: skip
+    print("\n".join(table(results, args.rate)))
+    if shares:
+        print("\n| where `mlpipe serve`'s time goes under wrk -c1 (py-spy, innermost frame) | share |")
+        print("|---|---:|")
+        print("\n".join(f"| {group} | {share:.0f} % |" for group, share in shares))
 
 
 if __name__ == "__main__":
