@@ -305,37 +305,40 @@ def servers(model_dir: Path, image: np.ndarray, scratch: Path, mlserver_venv: Pa
         result.insert(2, Server(
             "MLServer + mlserver-mlflow",
             [str(mlserver_venv / "bin" / "mlserver"), "start", str(scratch / "mlserver")],
-            "/v2/models/mlpipe/infer", v2_body(image.astype(np.float32), "FP32"), "/v2/health/ready",
+            "/v2/models/mlpipe/infer", v2_body(image.astype(np.float32), "FP32"), "/v2/models/mlpipe/ready",
             ports[3],
         ))  # fmt: skip
     return result
 
 
-# Where a profile sample's innermost Python frame is, by the path of its file.
+# What a profile sample of a request is doing: the first of these found among the frames below
+# uvicorn's ASGI entry (run_asgi), so a sample counts once, in the most specific place.
 PROFILE_GROUPS = (
     ("onnxruntime", "the model's forward pass (ONNX Runtime)"),
     ("mlpipe/serving/validation", "mlpipe: request checks"),
-    ("mlpipe/serving/wire", "mlpipe: V2 decoding and encoding"),
-    ("mlpipe/serving/edge", "mlpipe: HTTP edge"),
-    ("mlpipe", "mlpipe: the model class"),
-    ("kserve", "KServe: dataplane, model call, InferRequest/InferResponse"),
-    ("pydantic", "pydantic (KServe's request model)"),
-    ("prometheus_client", "Prometheus metrics"),
-    ("numpy", "NumPy conversions"),
-    ("orjson", "JSON"),
-    ("json", "JSON"),
-    ("logging", "logging"),
-    ("uvicorn", "uvicorn + httptools (HTTP parsing, ASGI)"),
-    ("httptools", "uvicorn + httptools (HTTP parsing, ASGI)"),
-    ("starlette", "Starlette/FastAPI"),
-    ("fastapi", "Starlette/FastAPI"),
-    ("asyncio", "asyncio event loop"),
-    ("uvloop", "asyncio event loop"),
+    ("mlpipe/serving/wire", "mlpipe: V2 decoding (pydantic) and encoding"),
+    ("/logging/", "the access line (logging)"),
+    ("prometheus_client", "KServe's Prometheus metrics"),
+    ("kserve/", "KServe: dataplane, model call, InferRequest/InferResponse"),
+    ("mlpipe/serving/server", "mlpipe: the model class (response building)"),
+    ("RequestResponseCycle.send", "writing the response (uvicorn, uvloop socket)"),
+    ("mlpipe/serving/edge", "mlpipe: the HTTP edge"),
+    ("starlette", "Starlette"),
 )
 
 
+def _profile_group(frames: list[str]) -> str:
+    entry = next((i for i, f in enumerate(frames) if "run_asgi" in f), None)
+    if entry is None:
+        if any("httptools_impl" in f for f in frames):
+            return "HTTP parsing (uvicorn, httptools)"
+        return "event loop (uvloop: polling, socket reads)"
+    below = frames[entry + 1 :]
+    return next((g for key, g in PROFILE_GROUPS if any(key in f for f in below)), "ASGI plumbing (uvicorn)")
+
+
 def profile(server: Server, seconds: int, scratch: Path) -> list[tuple[str, float]]:
-    """Share of py-spy's samples of the server under wrk -c1, by where the innermost frame is."""
+    """Share of py-spy's samples of the server under wrk -c1, by what the request is doing."""
     raw = scratch / "profile.txt"
     with running(server, scratch / "profiled.log") as process:
         spy = subprocess.Popen(
@@ -349,12 +352,7 @@ def profile(server: Server, seconds: int, scratch: Path) -> list[tuple[str, floa
     counts: Counter[str] = Counter()
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        leaf = stack.rsplit(";", 1)[-1]
-        if "(" not in leaf:
-            continue
-        where = leaf[leaf.index("(") :]
-        group = next((g for key, g in PROFILE_GROUPS if f"/{key}" in where), "other (interpreter, idle)")
-        counts[group] += int(count)
+        counts[_profile_group(stack.split(";"))] += int(count)
     total = sum(counts.values()) or 1
     return [(group, 100 * n / total) for group, n in counts.most_common()]
 
@@ -416,7 +414,7 @@ def main() -> None:
           f"p99 {np.percentile(forward, 99):.3f} ms\n")  # fmt: skip
     print("\n".join(table(results, args.rate)))
     if shares:
-        print("\n| where `mlpipe serve`'s time goes under wrk -c1 (py-spy, innermost frame) | share |")
+        print("\n| what `mlpipe serve` is doing under wrk -c1 (py-spy samples) | share |")
         print("|---|---:|")
         print("\n".join(f"| {group} | {share:.0f} % |" for group, share in shares))
 

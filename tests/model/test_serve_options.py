@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from mlpipe.serving.server import build_parser
+from mlpipe.serving.model_package import InputSpec
+from mlpipe.serving.server import build_parser, default_max_body_bytes
 
 
 def test_defaults_suit_a_kserve_pod() -> None:
@@ -32,3 +34,17 @@ def test_model_name_takes_both_spellings(flag: str) -> None:
 def test_kserve_options_pass_through() -> None:
     args = build_parser().parse_args(["--workers", "2", "--enable_latency_logging", "false"])
     assert (args.workers, args.enable_latency_logging) == (2, False)
+
+
+def test_one_access_line_and_no_latency_line_by_default() -> None:
+    args = build_parser().parse_args([])
+    assert (args.access_log, args.enable_latency_logging) == ("text", False)
+    assert build_parser().parse_args(["--access-log", "json"]).access_log == "json"
+
+
+def test_default_body_limit_fits_a_full_batch_as_json() -> None:
+    spec = InputSpec("pixels", 8, 8, 16, 256, "UINT8")
+    batch = json.dumps({"inputs": [{"name": "pixels", "shape": [256, 8, 8], "datatype": "FP32",
+                                    "data": [16.000000000000004] * (256 * 64)}]})  # fmt: skip
+    assert len(batch) < default_max_body_bytes(spec) < 2 * len(batch)
+    assert build_parser().parse_args([]).max_body_bytes is None  # derived from the package
