@@ -11,7 +11,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 STAMP := $(VENV)/.setup-complete
 
-.PHONY: help setup repro test test-fast lint format bench bench-pipeline dag mlflow-ui lock clean
+.PHONY: help setup repro verify test test-fast lint format bench bench-pipeline dag mlflow-ui lock clean
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 repro: setup ## Run the pipeline (dvc repro): prepare → train → evaluate → package
 	dvc repro
+
+verify: setup ## Rebuild every stage from scratch in a temporary copy; compare with dvc.lock
+	mlpipe verify
 
 test: setup ## Run every test, end-to-end ones included
 	pytest $(PYTEST_ARGS)

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from mlpipe import paths
+from mlpipe import numerics, paths
 from mlpipe.errors import MlpipeError
 from mlpipe.params import load_params
 
@@ -158,9 +158,21 @@ def model_uri(
     typer.echo(gating.package_uri(gating.require_registry(), load_params().package.model_name, alias))
 
 
+@app.command()
+def verify() -> None:
+    """Rebuild every stage from scratch in a temporary copy and compare each output with dvc.lock."""
+    from mlpipe import verify as verification
+
+    typer.echo(verification.run())
+
+
 def _run_stage(module: str) -> None:
     params = load_params()
-    importlib.import_module(f"mlpipe.{module}").run(params)
+    numerics.pin(params.train.numerics)
+    stage = importlib.import_module(f"mlpipe.{module}")
+    if "torch" in sys.modules:
+        numerics.configure_torch(params.train.numerics)
+    stage.run(params)
 
 
 def main() -> None:

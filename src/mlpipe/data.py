@@ -116,8 +116,12 @@ def read_split(split: str, root: Path = paths.PREPARED_DIR, schema: Schema | Non
             arrays.append(np.load(path, allow_pickle=False))
         except FileNotFoundError as e:
             raise ArtifactError(f"{path}: not found; run `dvc repro prepare` first") from e
-        except (ValueError, OSError) as e:
-            raise ArtifactError(f"{path}: not a valid .npy array ({e}); rerun `dvc repro prepare`") from e
+        except (ValueError, OSError, EOFError) as e:
+            # an empty file raises EOFError, which the CLI framework would print as "Aborted."
+            problem = "empty file" if isinstance(e, EOFError) else str(e)
+            raise ArtifactError(
+                f"{path}: not a valid .npy array ({problem}); rerun `dvc repro prepare`"
+            ) from e
     images, labels = arrays
     if images.dtype != np.uint8 or images.shape[1:] != schema.image_shape:
         raise ArtifactError(

@@ -1,4 +1,10 @@
-"""Where a result came from: git commit, uncommitted changes, data hash, DVC experiment."""
+"""Where a result came from: git commit and branch, uncommitted changes, data and params hashes.
+
+Only what the outputs really depend on goes into them (the params hash and the data hash: DVC
+tracks both). The commit, the branch and the DVC experiment go to MLflow's run and
+registered-version tags, where they cannot invalidate DVC's cache: the same inputs on another
+branch or commit reuse the same outputs, which is how `main` restores what a merge request trained.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +20,36 @@ from mlpipe import paths
 
 
 @dataclass(frozen=True)
-class Lineage:
-    """Everything needed to rebuild a model: the commit of the code and params, the data."""
+class Inputs:
+    """What a model's bytes depend on, besides the code: recorded in the package itself."""
 
-    git_commit: str
-    git_dirty: bool
     params_hash: str
     data_hash: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Inputs plus where and how they were built (MLflow tags only)."""
+
+    inputs: Inputs
+    git_commit: str
+    git_branch: str
+    git_dirty: bool
     dvc_experiment: str
 
-    def to_dict(self) -> dict[str, str | bool]:
-        return asdict(self)
+    def tags(self) -> dict[str, str]:
+        """Flat string values, for MLflow tags."""
+        values = {
+            **self.inputs.to_dict(),
+            "git_commit": self.git_commit,
+            "git_branch": self.git_branch,
+            "git_dirty": str(self.git_dirty).lower(),
+            "dvc_experiment": self.dvc_experiment,
+        }
+        return values
 
 
 def _git(*args: str) -> str | None:
@@ -32,11 +57,11 @@ def _git(*args: str) -> str | None:
         result = subprocess.run(["git", *args], capture_output=True, text=True, check=False, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return result.stdout if result.returncode == 0 else None
+    return result.stdout.strip() if result.returncode == 0 else None
 
 
 def pipeline_inputs(pipeline: Path = paths.DVC_YAML) -> list[str]:
-    """params.yaml and every stage dependency that is not another stage's output."""
+    """dvc.yaml, params.yaml and every stage dependency that is not another stage's output."""
     try:
         stages = (yaml.safe_load(pipeline.read_text(encoding="utf-8")) or {}).get("stages") or {}
     except (FileNotFoundError, yaml.YAMLError):
@@ -46,32 +71,34 @@ def pipeline_inputs(pipeline: Path = paths.DVC_YAML) -> list[str]:
         for kind in ("outs", "metrics", "plots"):
             produced.update(_entry_path(entry) for entry in stage.get(kind) or [])
         deps.update(_entry_path(entry) for entry in stage.get("deps") or [])
-    return sorted({paths.PARAMS_FILE.as_posix(), *(deps - produced)})
+    return sorted({paths.PARAMS_FILE.as_posix(), paths.DVC_YAML.as_posix(), *(deps - produced)})
 
 
 def _entry_path(entry: str | dict[str, object]) -> str:
     return entry if isinstance(entry, str) else next(iter(entry))
 
 
-def git_commit(inputs: list[str]) -> str:
-    """The last commit that changed any of ``inputs``; "unknown" outside a git repository.
+def git_commit() -> str:
+    """The checked-out commit; "unknown" outside a git repository."""
+    return _git("rev-parse", "HEAD") or "unknown"
 
-    Not HEAD: commits that only record results (dvc.lock, docs) leave it unchanged, so a
-    checkout of any later commit rebuilds byte-identical outputs (the package stage depends
-    on every input, so it reruns whenever this value can change).
-    """
-    out = _git("log", "-1", "--format=%H", "--", *inputs) or _git("rev-parse", "HEAD")
-    return out.strip() if out and out.strip() else "unknown"
+
+def git_branch() -> str:
+    """The branch being built: CI's name for it (a detached checkout), else git's; "" if none."""
+    for variable in ("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME", "CI_COMMIT_BRANCH", "CI_COMMIT_REF_NAME"):
+        if branch := os.environ.get(variable):
+            return branch
+    branch = _git("rev-parse", "--abbrev-ref", "HEAD")
+    return "" if branch in (None, "HEAD") else branch
 
 
 def git_dirty(inputs: list[str]) -> bool:
     """Whether any of ``inputs`` has uncommitted changes."""
-    out = _git("status", "--porcelain", "--untracked-files=no", "--", *inputs)
-    return bool(out and out.strip())
+    return bool(_git("status", "--porcelain", "--untracked-files=no", "--", *inputs))
 
 
 def dvc_experiment() -> str:
-    """The DVC experiment name under `dvc exp run`, else an empty string."""
+    """The DVC experiment name under `dvc exp run` (queued or not), else an empty string."""
     return os.environ.get("DVC_EXP_NAME", "")
 
 
@@ -88,20 +115,24 @@ def data_hash(out_path: Path = paths.PREPARED_DIR, lock_path: Path = paths.DVC_L
         for out in stage.get("outs") or []:
             if out.get("path") == out_path.as_posix() and out.get("md5"):
                 return f"md5:{out['md5']}"
+    return f"sha256:{directory_digest(out_path)}"
+
+
+def directory_digest(root: Path) -> str:
+    """SHA-256 over a directory's relative file names and contents, in sorted order."""
     digest = hashlib.sha256()
-    for file in sorted(p for p in out_path.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(out_path).as_posix().encode())
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(root).as_posix().encode())
         digest.update(hashlib.sha256(file.read_bytes()).digest())
-    return f"sha256:{digest.hexdigest()}"
+    return digest.hexdigest()
 
 
 def current(params_hash: str) -> Lineage:
-    """Lineage of the working tree's pipeline inputs as they are now."""
-    inputs = pipeline_inputs()
+    """Lineage of the working tree as it is now."""
     return Lineage(
-        git_commit=git_commit(inputs),
-        git_dirty=git_dirty(inputs),
-        params_hash=params_hash,
-        data_hash=data_hash(),
+        inputs=Inputs(params_hash=params_hash, data_hash=data_hash()),
+        git_commit=git_commit(),
+        git_branch=git_branch(),
+        git_dirty=git_dirty(pipeline_inputs()),
         dvc_experiment=dvc_experiment(),
     )

@@ -102,7 +102,7 @@ def manifest(
     params: Params,
     checkpoint: Checkpoint,
     pixel_max: int,
-    origin: lineage.Lineage,
+    inputs: lineage.Inputs,
     metrics: dict[str, Any],
     onnx_bytes: bytes,
 ) -> dict[str, Any]:
@@ -124,7 +124,8 @@ def manifest(
         "preprocessing": checkpoint.preprocessing.to_dict(),
         "architecture": {"family": "ConvNet", **checkpoint.model_params.model_dump()},
         "dataset": params.data.dataset,
-        "lineage": origin.to_dict(),
+        # only what the bytes depend on: the commit and branch are MLflow tags (lineage.py)
+        "lineage": inputs.to_dict(),
         "metrics": metrics,
     }
 
@@ -175,12 +176,10 @@ def model_card(info: dict[str, Any], params: Params, per_class_csv: str) -> str:
             f"test fraction {params.data.test_fraction}",
             "",
             "## Lineage",
-            f"- git commit: `{origin['git_commit']}`"
-            + (" (with uncommitted changes)" if origin["git_dirty"] else ""),
-            f"- DVC experiment: `{origin['dvc_experiment'] or '-'}`",
             f"- data hash (dvc.lock): `{origin['data_hash']}`",
             f"- params hash: `{origin['params_hash']}`",
             f"- model sha256: `{info['model_sha256']}`",
+            "- the git commit and branch it was built from: the tags of its MLflow run and version",
             "",
             "## Limitations",
             "Accuracy is measured on a random split of the same source as the training data; "
@@ -198,6 +197,15 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: not found; run `dvc repro evaluate` first") from e
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{path}: not valid JSON ({e}); rerun `dvc repro evaluate`") from e
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"{path}: not UTF-8 text ({e}); rerun `dvc repro evaluate`") from e
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ArtifactError(f"{path}: not found; run `dvc repro evaluate` first") from e
 
 
 def _requirements() -> list[str]:
@@ -213,21 +221,27 @@ def run(params: Params) -> None:
     schema = read_schema()
     checkpoint = load_checkpoint(paths.CHECKPOINT_FILE)
     metrics = _read_json(paths.METRICS_FILE)
-    per_class_csv = paths.PER_CLASS_FILE.read_text(encoding="utf-8")
+    per_class_csv = _read_text(paths.PER_CLASS_FILE)
     test = read_split("test", schema=schema)
-    mlflow_client = tracking.client() if params.package.register_model else None
+    register_model = params.package.register_model and tracking.registers_models()
+    if params.package.register_model and not register_model:
+        log.info("not registering a version: experiments do not move @%s", tracking.CANDIDATE)
+    mlflow_client = tracking.client() if register_model else None
+    if mlflow_client is not None:
+        tracking.close_abandoned_runs(mlflow_client)
 
     onnx_bytes = export_onnx(checkpoint, params.package.opset)
     verify_onnx(onnx_bytes, checkpoint, test.images[:256])
     origin = lineage.current(params.digest("data", "model", "train"))
-    info = manifest(params, checkpoint, schema.pixel_max, origin, metrics, onnx_bytes)
+    info = manifest(params, checkpoint, schema.pixel_max, origin.inputs, metrics, onnx_bytes)
 
     with atomic.replace_dir(paths.PACKAGE_DIR) as staging:
         atomic.write_bytes(staging / MODEL_FILE, onnx_bytes)
         atomic.write_json(staging / MANIFEST_FILE, info)
         atomic.write_text(staging / CARD_FILE, model_card(info, params, per_class_csv))
         if mlflow_client is not None:
-            register(mlflow_client, staging, info, onnx_bytes, test.images[:2])
+            log.info("exported and verified the package; registering it")
+            register(mlflow_client, staging, info, origin, onnx_bytes, test.images[:2])
     log.info(
         "wrote %s (%d bytes of ONNX, sha256 %s)",
         paths.PACKAGE_DIR,
@@ -240,13 +254,13 @@ def register(
     mlflow_client: Any,
     package_dir: Path,
     info: dict[str, Any],
+    origin: lineage.Lineage,
     onnx_bytes: bytes,
     example: np.ndarray,
 ) -> None:
     """Log the package to the run that trained the checkpoint, and register it as `candidate`."""
     checkpoint_sha = tracking.checkpoint_digest(paths.CHECKPOINT_FILE)
     run_id = tracking.find_run_by_tag(mlflow_client, tracking.CHECKPOINT_TAG, checkpoint_sha)
-    origin = lineage.Lineage(**info["lineage"])
     tags = tracking.lineage_tags(origin)
     # A resumed training run keeps its own lineage tags; this package's go on the version.
     with tracking.run(
@@ -273,6 +287,7 @@ def register(
             pip_requirements=_requirements(),
             version_tags={
                 **tags,
+                tracking.CHECKPOINT_TAG: checkpoint_sha,
                 tracking.PACKAGE_URI_TAG: package_uri,
                 "mlpipe.test_accuracy": str(info["metrics"]["test_accuracy"]),
             },

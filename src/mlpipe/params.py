@@ -71,6 +71,10 @@ class TrainParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     compile: bool = False
+    # CUDA: deterministic kernels (the same GPU model and software repeat a run's bytes)
+    deterministic: bool = True
+    # portable: the same bytes on any x86-64 CPU with AVX2 (src/mlpipe/numerics.py); native: fastest
+    numerics: Literal["portable", "native"] = "portable"
 
 
 class EvaluateParams(_Section):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+from fractions import Fraction
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -40,6 +42,19 @@ def split_indices(labels: np.ndarray, params: DataParams) -> dict[str, np.ndarra
     return {"train": train, "val": val, "test": test}
 
 
+def pixel_stats(images: np.ndarray, pixel_max: int) -> tuple[float, float]:
+    """Mean and standard deviation of ``images / pixel_max``, computed exactly.
+
+    Integer sums and rational arithmetic: a float reduction's result depends on the CPU's
+    vector width, and these values feed every later stage.
+    """
+    pixels = images.astype(np.int64).ravel()
+    count, total, squares = len(pixels), int(pixels.sum()), int((pixels * pixels).sum())
+    mean = Fraction(total, count * pixel_max)
+    variance = Fraction(squares, count * pixel_max**2) - mean * mean
+    return float(mean), math.sqrt(variance)
+
+
 def _class_counts(data: LabeledImages) -> dict[str, int]:
     counts = np.bincount(data.labels, minlength=len(data.classes))
     return {name: int(count) for name, count in zip(data.classes, counts, strict=True)}
@@ -56,8 +71,7 @@ def run(params: Params) -> None:
         len(dataset.classes),
     )
     splits = {name: dataset.subset(idx) for name, idx in split_indices(dataset.labels, params.data).items()}
-    train_pixels = splits["train"].images.astype(np.float64) / dataset.pixel_max
-    std = float(train_pixels.std())
+    mean, std = pixel_stats(splits["train"].images, dataset.pixel_max)
     if std == 0.0:
         raise DataError("every training image has the same pixel value; nothing to learn from")
     schema = Schema(
@@ -65,7 +79,7 @@ def run(params: Params) -> None:
         classes=dataset.classes,
         image_shape=(int(dataset.images.shape[1]), int(dataset.images.shape[2])),
         pixel_max=dataset.pixel_max,
-        pixel_mean=round(float(train_pixels.mean()), 6),
+        pixel_mean=round(mean, 6),
         pixel_std=round(std, 6),
         split_counts={name: _class_counts(split) for name, split in splits.items()},
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlpipe import lineage, paths
 from mlpipe.errors import TrackingError
 from mlpipe.lineage import Lineage
 
@@ -35,6 +37,7 @@ DEFAULT_EXPERIMENT = "mlpipe"
 TAG_PREFIX = "mlpipe."
 CHECKPOINT_TAG = TAG_PREFIX + "checkpoint_sha256"
 PACKAGE_URI_TAG = TAG_PREFIX + "package_uri"
+OWNER_TAG = TAG_PREFIX + "owner"
 # Registry aliases: the package stage registers each new version as `candidate`; the gate
 # promotes it to `champion` and keeps the one it replaces as `previous`.
 CANDIDATE, CHAMPION, PREVIOUS = "candidate", "champion", "previous"
@@ -160,13 +163,87 @@ def experiment_id(mlflow_client: MlflowClient) -> str:
 
 
 def lineage_tags(lineage: Lineage) -> dict[str, str]:
-    """Run tags: ours under `mlpipe.`, plus MLflow's own git tag so the UI links the commit."""
-    tags = {
-        TAG_PREFIX + key: str(value).lower() if isinstance(value, bool) else str(value)
-        for key, value in lineage.to_dict().items()
-    }
+    """Run tags: ours under `mlpipe.`, plus MLflow's own git tags so the UI links the commit."""
+    tags = {TAG_PREFIX + key: value for key, value in lineage.tags().items()}
     tags["mlflow.source.git.commit"] = lineage.git_commit
+    if lineage.git_branch:
+        tags["mlflow.source.git.branch"] = lineage.git_branch
+    tags[OWNER_TAG] = owner()
     return tags
+
+
+def owner() -> str:
+    """``host:pid`` of this process: how a later run recognises a run whose process died."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_abandoned_runs(mlflow_client: MlflowClient) -> list[str]:
+    """Mark KILLED the RUNNING runs (and FAILED their PENDING logged models) that a killed
+    process on this host left behind; return their ids."""
+    from mlflow.entities import LoggedModelStatus
+
+    host = socket.gethostname()
+    closed = []
+    with reported("closing runs of killed processes"):
+        experiment = experiment_id(mlflow_client)
+        runs = mlflow_client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'")
+        for stale in runs:
+            run_host, _, pid = stale.data.tags.get(OWNER_TAG, "").rpartition(":")
+            if run_host != host or not pid.isdigit() or _process_alive(int(pid)):
+                continue
+            mlflow_client.set_terminated(stale.info.run_id, status="KILLED")
+            closed.append(stale.info.run_id)
+        if closed:
+            pending = mlflow_client.search_logged_models(
+                experiment_ids=[experiment], filter_string="status = 'PENDING'"
+            )
+            for model in pending:
+                if model.source_run_id in closed:
+                    mlflow_client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+    for run_id in closed:
+        log.warning("marked run %s KILLED: the process that ran it is gone", run_id)
+    return closed
+
+
+def log_dataset(mlflow_client: MlflowClient, run_id: str, data_hash: str, context: str) -> None:
+    """Record the DVC data version as the run's dataset input (the MLflow UI shows it)."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    dataset = MetaDataset(
+        source=_dvc_source(), name=paths.PREPARED_DIR.as_posix(), digest=data_hash.split(":")[-1][:36]
+    )
+    inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+    mlflow_client.log_inputs(run_id, datasets=inputs)
+
+
+def _dvc_source() -> object:
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    # Where the data lives is DVC's business (the key in its cache and remotes is the digest);
+    # the source names the path in the repository.
+    return HTTPDatasetSource(url=f"dvc://{paths.PREPARED_DIR.as_posix()}")
+
+
+def registers_models() -> bool:
+    """Whether this pipeline run may register a version: not under `dvc exp run` (queued or not).
+
+    Experiments are tracked like any run, but only a branch's own pipeline (`dvc repro`, as CI
+    runs it) moves the `candidate` alias; otherwise it would point at whichever experiment of a
+    queue finished last.
+    """
+    return not lineage.dvc_experiment()
 
 
 def flatten(sections: Mapping[str, Mapping[str, object]]) -> dict[str, str]:
@@ -202,6 +279,8 @@ def run(
             run_id=run_id, experiment_id=experiment, run_name=run_name, tags=dict(tags or {})
         ) as active,
     ):
+        if run_id:  # this process holds the run now (close_abandoned_runs)
+            mlflow_client.set_tag(run_id, OWNER_TAG, owner())
         yield active.info.run_id
 
 
@@ -251,6 +330,17 @@ def log_params(mlflow_client: MlflowClient, run_id: str, params: Mapping[str, st
     from mlflow.entities import Param
 
     mlflow_client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()], synchronous=True)
+
+
+def log_artifact_as(mlflow_client: MlflowClient, run_id: str, local: Path, folder: str, name: str) -> None:
+    """Log ``local`` under ``folder/name`` (a staged file's temporary name is not its real one)."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        named = Path(tmp) / name
+        shutil.copyfile(local, named)
+        mlflow_client.log_artifact(run_id, str(named), folder)
 
 
 def checkpoint_digest(path: Path) -> str:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,13 +48,18 @@ def select_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def seed_everything(seed: int, device: torch.device) -> torch.Generator:
-    """Seed every RNG; on the CPU also insist on deterministic kernels (bit-identical reruns)."""
+def seed_everything(seed: int, device: torch.device, deterministic: bool) -> torch.Generator:
+    """Seed every RNG and choose the kernels: deterministic ones (always on the CPU; on CUDA
+    with ``train.deterministic``) or cuDNN's autotuned fastest."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if device.type == "cpu":
+    if device.type == "cpu" or deterministic:
+        # cuBLAS needs a fixed workspace for deterministic results; read at its first call.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
     else:
         torch.backends.cudnn.benchmark = True
     return torch.Generator().manual_seed(seed)
@@ -144,9 +148,10 @@ def run(params: Params) -> None:
     train_split, val_split = read_split("train", schema=schema), read_split("val", schema=schema)
     # Check the tracking server before spending time on training.
     mlflow_client = tracking.client()
+    tracking.close_abandoned_runs(mlflow_client)
     origin = lineage.current(params.digest("data", "model", "train"))
 
-    generator = seed_everything(params.train.seed, device)
+    generator = seed_everything(params.train.seed, device, params.train.deterministic)
     model = ConvNet(params.model, schema.image_shape, len(schema.classes)).to(device)
     train_data = Tensors.of(train_split, preprocessing, device)
     val_data = Tensors.of(val_split, preprocessing, device)
@@ -165,6 +170,7 @@ def run(params: Params) -> None:
             run_id,
             tracking.flatten(params.model_dump(include={"data", "model", "train"})),
         )
+        tracking.log_dataset(mlflow_client, run_id, origin.inputs.data_hash, "training")
         started = time.perf_counter()
         epoch_log = tracking.EpochLog(mlflow_client, run_id)
 
@@ -190,11 +196,9 @@ def run(params: Params) -> None:
             {k: v.cpu() for k, v in model.state_dict().items()},
         )
         final = {k: round(v, 6) for k, v in history[-1].items() if k not in ("epoch", "lr")}
-        # The outputs are written beside their final place and moved there only once MLflow
-        # holds them: a tracking failure leaves the previous outputs, which match dvc.lock.
-        paths.MODELS_DIR.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".train.", dir=paths.MODELS_DIR) as staging:
-            staged = {out: Path(staging) / out.name for out in TRAIN_OUTPUTS}
+        # The outputs move into place together, and only once MLflow holds them: a tracking
+        # failure leaves the previous outputs.
+        with atomic.replace_files(TRAIN_OUTPUTS) as staged:
             save_checkpoint(staged[paths.CHECKPOINT_FILE], checkpoint)
             atomic.write_text(staged[paths.TRAIN_HISTORY_FILE], _history_csv(history))
             atomic.write_json(staged[paths.TRAIN_METRICS_FILE], final)
@@ -210,11 +214,8 @@ def run(params: Params) -> None:
                     "train_samples_per_second": params.train.epochs * len(train_split) / seconds,
                 },
             )
-            for artifact in staged.values():
-                mlflow_client.log_artifact(run_id, str(artifact), "train")
             for out, artifact in staged.items():
-                out.parent.mkdir(parents=True, exist_ok=True)
-                artifact.replace(out)
+                tracking.log_artifact_as(mlflow_client, run_id, artifact, "train", out.name)
     log.info(
         "wrote %s (val_accuracy %.4f) in %.1f s",
         paths.CHECKPOINT_FILE,

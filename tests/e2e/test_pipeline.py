@@ -67,14 +67,15 @@ def test_second_repro_runs_nothing(built_project: Path) -> None:
         assert f"Stage '{stage}' didn't change, skipping" in out
 
 
-def test_package_records_lineage_of_the_committed_inputs(built_project: Path) -> None:
+def test_package_records_only_the_inputs_its_bytes_depend_on(built_project: Path) -> None:
     manifest = json.loads((built_project / "models/package/package.json").read_text())
     lock = yaml.safe_load((built_project / "dvc.lock").read_text())
     prepared_md5 = next(o["md5"] for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
-    head = run("git", "rev-parse", "HEAD", cwd=built_project).stdout.strip()
-    assert manifest["lineage"]["git_commit"] == head
-    assert manifest["lineage"]["git_dirty"] is False
-    assert manifest["lineage"]["data_hash"] == f"md5:{prepared_md5}"
+    assert manifest["lineage"] == {
+        "data_hash": f"md5:{prepared_md5}",
+        "params_hash": manifest["lineage"]["params_hash"],
+    }
+    assert len(manifest["lineage"]["params_hash"]) == 64
     assert manifest["metrics"] == json.loads((built_project / "reports/metrics.json").read_text())
 
 
@@ -84,9 +85,14 @@ def test_mlflow_run_carries_params_epochs_lineage_and_artifacts(built_project: P
     (mlflow_run,) = client.search_runs([experiment.experiment_id])
     tags, params = mlflow_run.data.tags, mlflow_run.data.params
     manifest = json.loads((built_project / "models/package/package.json").read_text())
-    assert tags["mlpipe.git_commit"] == manifest["lineage"]["git_commit"]
+    head = run("git", "rev-parse", "HEAD", cwd=built_project).stdout.strip()
+    assert tags["mlpipe.git_commit"] == tags["mlflow.source.git.commit"] == head
+    assert tags["mlpipe.git_branch"] == "main"
     assert tags["mlpipe.data_hash"] == manifest["lineage"]["data_hash"]
     assert tags["mlpipe.git_dirty"] == "false"
+    (dataset_input,) = mlflow_run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "data/prepared"
+    assert manifest["lineage"]["data_hash"].endswith(dataset_input.dataset.digest)
     assert params["train.epochs"] == str(TINY_PARAMS["train"]["epochs"])
     val_accuracy = client.get_metric_history(mlflow_run.info.run_id, "val_accuracy")
     assert [m.step for m in val_accuracy] == list(range(1, TINY_PARAMS["train"]["epochs"] + 1))
@@ -143,29 +149,68 @@ def test_rebuild_from_scratch_is_byte_identical(tmp_path: Path) -> None:
     assert [name for name in first if first[name] != second[name]] == []
 
 
-def test_invalid_param_stops_the_stage_and_keeps_the_outputs(built_project: Path, tmp_path: Path) -> None:
+TRAIN_OUTPUTS = ("models/model.pt", "reports/train_metrics.json", "reports/train_history.csv")
+
+
+def assert_failed_cleanly_and_recovers(project: Path, before: dict[str, bytes], params: str) -> None:
+    """A failed stage leaves its outputs whole or absent (never half-written or mixed), every
+    other output as it was, and reverting the param restores the rest from the run cache."""
+    after = snapshot(project)
+    kept = {name: data for name, data in before.items() if name not in TRAIN_OUTPUTS}
+    assert {name: data for name, data in after.items() if name not in TRAIN_OUTPUTS} == kept
+    assert {name for name in TRAIN_OUTPUTS if name in after} in (set(), set(TRAIN_OUTPUTS))
+    assert [
+        p.name for d in (project, project / "models", project / "reports") for p in d.glob(".*.tmp")
+    ] == []
+    (project / "params.yaml").write_text(params)
+    out = run("dvc", "repro", cwd=project).stdout
+    assert "Running stage" not in out
+    assert snapshot(project) == before
+
+
+def test_invalid_param_stops_the_stage_and_loses_nothing(built_project: Path, tmp_path: Path) -> None:
     project = tmp_path / "project"
     shutil.copytree(built_project, project, symlinks=True)
-    before = snapshot(project)
+    before, params = snapshot(project), (project / "params.yaml").read_text()
     update_params(project, {"train": {"lr": -1}})
     result = run("dvc", "repro", cwd=project, check=False)
     assert result.returncode != 0
     assert "mlpipe: error: params.yaml: train.lr: Input should be greater than 0 (got -1)" in result.stderr
-    assert snapshot(project) == before
+    assert_failed_cleanly_and_recovers(project, before, params)
 
 
 def test_unreachable_tracking_server_fails_before_training(built_project: Path, tmp_path: Path) -> None:
     project = tmp_path / "project"
     shutil.copytree(built_project, project, symlinks=True)
-    before = snapshot(project)
+    before, params = snapshot(project), (project / "params.yaml").read_text()
     update_params(project, {"train": {"epochs": 2}})
     result = run("dvc", "repro", cwd=project, check=False, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     assert result.returncode != 0
     assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in result.stderr
     assert "epoch 1" not in result.stderr
-    assert snapshot(project) == before
+    assert_failed_cleanly_and_recovers(project, before, params)
 
 
 def test_lineage_inputs_cover_the_code_the_stages_run() -> None:
     inputs = lineage.pipeline_inputs(Path(__file__).resolve().parents[2] / "dvc.yaml")
     assert {"params.yaml", "data/raw", "src/mlpipe/train.py", "src/mlpipe/package.py"} <= set(inputs)
+
+
+def test_experiments_are_tracked_but_register_nothing(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    run("dvc", "repro", cwd=project)
+    client = mlflow_client(project)
+    before = client.get_registered_model("mlpipe-classifier")
+    run("dvc", "exp", "run", "-n", "lr-probe", "-S", "train.lr=0.02", cwd=project)
+    after = client.get_registered_model("mlpipe-classifier")
+    assert after.aliases == before.aliases
+    assert len(client.search_model_versions("name = 'mlpipe-classifier'")) == 1
+    runs = client.search_runs([client.get_experiment_by_name("mlpipe").experiment_id])
+    assert sorted(r.info.run_name for r in runs if r.info.run_name == "lr-probe") == ["lr-probe"]
+
+
+def test_a_gate_threshold_edit_changes_no_stage(built_project: Path, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(built_project, project, symlinks=True)
+    update_params(project, {"gate": {"min_test_accuracy": 0.5, "max_regression": 0.1}})
+    assert json.loads(run("dvc", "status", "--json", cwd=project).stdout) == {}

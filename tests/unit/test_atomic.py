@@ -1,5 +1,7 @@
 """Atomic writes: a failure never leaves a half-written artifact."""
 
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +49,31 @@ def test_replace_dir_keeps_the_old_contents_when_the_block_fails(tmp_path: Path)
         raise RuntimeError("export failed")
     assert (target / "good.txt").read_text() == "good"
     assert [p.name for p in tmp_path.iterdir()] == ["package"]
+
+
+def test_what_a_killed_writer_left_is_removed_by_the_next_one(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    leftover_dir = tmp_path / f".package.pid{gone.pid}.abcd1234.tmp"
+    leftover_dir.mkdir()
+    (leftover_dir / "model.onnx").write_bytes(b"half")
+    leftover_file = tmp_path / f".model.pt.pid{gone.pid}.x1y2.tmp"
+    leftover_file.write_bytes(b"half")
+    ours = tmp_path / f".model.pt.pid{os.getpid()}.x1y2.tmp"
+    ours.write_bytes(b"in progress")
+    with atomic.replace_dir(tmp_path / "package") as staging:
+        (staging / "model.onnx").write_bytes(b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["package", ours.name])
+
+
+def test_replace_files_moves_every_output_or_none(tmp_path: Path) -> None:
+    first, second = tmp_path / "models" / "model.pt", tmp_path / "reports" / "metrics.json"
+    with atomic.replace_files([first, second]) as staged:
+        staged[first].write_bytes(b"model")
+        staged[second].write_text("{}")
+    with pytest.raises(RuntimeError), atomic.replace_files([first, second]) as staged:
+        staged[first].write_bytes(b"new model")
+        raise RuntimeError("tracking failed")
+    assert first.read_bytes() == b"model"
+    assert second.read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "reports"]

@@ -1,31 +1,39 @@
-"""Lineage: commit, dirty flag and the data hash DVC recorded."""
+"""Lineage: commit, branch, dirty flag and the data hash DVC recorded."""
 
 from pathlib import Path
 
 import pytest
-import yaml
 
 from mlpipe import lineage
-from tests.conftest import REPO_ROOT, run
+from tests.conftest import run
 
 INPUTS = ["params.yaml"]
 
 
 @pytest.fixture
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    run("git", "init", "-q", cwd=tmp_path)
+    run("git", "init", "-q", "-b", "feature", cwd=tmp_path)
     (tmp_path / "params.yaml").write_text("train: {}\n")
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
     run("git", "add", "-A", cwd=tmp_path)
     run("git", "commit", "-q", "-m", "init", cwd=tmp_path)
     monkeypatch.chdir(tmp_path)
+    for variable in ("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME", "CI_COMMIT_BRANCH", "CI_COMMIT_REF_NAME"):
+        monkeypatch.delenv(variable, raising=False)
     return tmp_path
 
 
-def test_clean_checkout_reports_its_commit(repo: Path) -> None:
-    commit = run("git", "rev-parse", "HEAD", cwd=repo).stdout.strip()
-    assert lineage.git_commit(INPUTS) == commit
+def test_clean_checkout_reports_its_commit_and_branch(repo: Path) -> None:
+    assert lineage.git_commit() == run("git", "rev-parse", "HEAD", cwd=repo).stdout.strip()
+    assert lineage.git_branch() == "feature"
     assert lineage.git_dirty(INPUTS) is False
+
+
+def test_ci_names_the_branch_of_a_detached_checkout(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run("git", "checkout", "-q", "--detach", cwd=repo)
+    assert lineage.git_branch() == ""
+    monkeypatch.setenv("CI_COMMIT_BRANCH", "main")
+    assert lineage.git_branch() == "main"
 
 
 def test_changed_params_make_the_tree_dirty(repo: Path) -> None:
@@ -38,18 +46,10 @@ def test_dvc_lock_updates_do_not_make_the_tree_dirty(repo: Path) -> None:
     assert lineage.git_dirty(INPUTS) is False
 
 
-def test_commits_that_only_record_results_keep_the_inputs_commit(repo: Path) -> None:
-    inputs_commit = lineage.git_commit(INPUTS)
-    (repo / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
-    run("git", "commit", "-qam", "record results", cwd=repo)
-    assert lineage.git_commit(INPUTS) == inputs_commit
-    assert run("git", "rev-parse", "HEAD", cwd=repo).stdout.strip() != inputs_commit
-
-
 def test_outside_git_the_commit_is_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
-    assert lineage.git_commit(INPUTS) == "unknown"
+    assert lineage.git_commit() == "unknown"
 
 
 def test_data_hash_comes_from_dvc_lock(tmp_path: Path) -> None:
@@ -71,10 +71,6 @@ def test_data_hash_falls_back_to_the_files_without_a_lock_entry(tmp_path: Path) 
     assert first != second
 
 
-def test_package_stage_depends_on_every_input_its_lineage_names() -> None:
-    """Otherwise the recorded commit could change without the package being rebuilt."""
-    pipeline = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
-    package_deps = set(pipeline["stages"]["package"]["deps"])
-    inputs = set(lineage.pipeline_inputs(REPO_ROOT / "dvc.yaml"))
-    assert "src/mlpipe/train.py" in inputs
-    assert inputs <= package_deps
+def test_the_git_commit_is_in_no_output_of_the_pipeline() -> None:
+    """Outputs hold only their inputs' hashes: the same inputs on another commit reuse them."""
+    assert set(lineage.Inputs("p", "d").to_dict()) == {"params_hash", "data_hash"}
