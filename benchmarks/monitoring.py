@@ -4,8 +4,8 @@
    window and once with `--no-monitoring`: single-image V2 requests open-loop at 300 req/s for
    10 s (p50/p99), then `wrk -t1 -c2` closed loop for 10 s (req/s, p99). Same client code as
    benchmarks/serve.py.
-2. Dashboard: a real Prometheus (scraping every second) watches a server with a drift window of
-   100 images while this script sends the test split for a while, then an inverted copy of it,
+2. Dashboard: a real Prometheus (scraping every second) watches a server (default drift window)
+   while this script sends the test split for a while, then an inverted copy of it,
    with an invalid request now and then; each panel of deploy/monitoring/mlpipe-dashboard.json
    is then queried over that time (`$__rate_interval` = 10 s) and drawn with matplotlib, with
    the drift alert's firing time shaded: docs/monitoring/dashboard.png.
@@ -106,6 +106,7 @@ def draw(prometheus: str, start: float, end: float, shift_at: float, out: Path) 
                 ax.plot(t, v, lw=1.2, label=legend(target["legendFormat"], series["metric"]))
         if panel["title"] == "Input drift":
             ax.axhline(drift.DRIFT_THRESHOLD, color="red", ls="--", lw=1, label="alert threshold")
+            ax.set_yscale("symlog", linthresh=0.5)  # the threshold and a PSI of 5 on one axis
         if fired:
             ax.axvspan(min(fired), max(fired), color="red", alpha=0.08)
         ax.axvline(shift_at - start, color="grey", ls=":", lw=1)
@@ -125,7 +126,7 @@ def draw(prometheus: str, start: float, end: float, shift_at: float, out: Path) 
 
 def dashboard_picture(model_dir: Path, images: np.ndarray, pixel_max: int, scratch: Path, out: Path) -> None:
     model = json.loads((model_dir / "package.json").read_text())["name"]
-    with LocalServer(model_dir, scratch / "serve-dashboard.log", ["--drift-window", "100"]) as server:
+    with LocalServer(model_dir, scratch / "serve-dashboard.log") as server:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": ["mlpipe-rules.yaml"],
@@ -137,7 +138,7 @@ def dashboard_picture(model_dir: Path, images: np.ndarray, pixel_max: int, scrat
         with prometheus_server(json.dumps(config), rules) as prometheus:
             time.sleep(3)
             start = time.time()
-            traffic(server.url, model, images, 50, 20)
+            traffic(server.url, model, images, 60, 20)
             shift_at = time.time()
             traffic(server.url, model, drift.shifted(images, "invert", pixel_max), 40, 20)
             time.sleep(3)

@@ -168,6 +168,11 @@ def compare(profile: Profile, images: np.ndarray, threshold: float = DRIFT_THRES
     """Score a batch of images [N, H, W] (raw pixels) against the profile."""
     if len(images) == 0:
         raise MlpipeError("no images to compare with the drift profile")
+    if images.min() < 0 or images.max() > profile.pixel_max:
+        raise DataError(
+            f"pixel values from {images.min()} to {images.max()}; the model takes raw pixels in "
+            f"0..{profile.pixel_max} (the training data's scale)"
+        )
     values = mean_intensity(images, profile.pixel_max)
     counts = profile.histogram(values)
     return DriftResult(

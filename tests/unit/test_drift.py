@@ -152,3 +152,8 @@ def test_images_file_must_hold_integer_images(tmp_path: Path) -> None:
             drift.load_images(path)
     with pytest.raises(DataError, match="not found"):
         drift.load_images(tmp_path / "missing.npy")
+
+
+def test_images_outside_the_training_pixel_range_are_refused(profile: Profile) -> None:
+    with pytest.raises(DataError, match=r"from 0 to 255; .* raw pixels in 0\.\.16"):
+        drift.compare(profile, np.array([[[0, 255]]], dtype=np.uint8))

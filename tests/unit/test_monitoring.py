@@ -237,6 +237,13 @@ def test_unknown_refusal_is_counted_as_other() -> None:
     assert metrics.rejection_reason(InvalidInput("something new")) == metrics.OTHER_REASON
 
 
+def test_monitoring_is_on_by_default_with_the_default_window() -> None:
+    args = server.build_parser().parse_args([])
+    assert (args.monitoring, args.drift_window) == (True, drift.DEFAULT_WINDOW)
+    args = server.build_parser().parse_args(["--no-monitoring", "--drift-window", "50"])
+    assert (args.monitoring, args.drift_window) == (False, 50)
+
+
 def test_server_refuses_several_workers_while_monitoring(tmp_path: Path) -> None:
     with pytest.raises(MlpipeError, match=r"--workers 2: .* need one worker .* --no-monitoring"):
         server.main(["--model-dir", str(tmp_path), "--workers", "2"])
