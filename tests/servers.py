@@ -276,3 +276,29 @@ def mlflow_server(
     with child_process(args, env=server_env) as server:
         server.wait_until(lambda: http_ok(uri + "/health"), f"MLflow server at {uri}", timeout)
         yield uri
+
+
+def prometheus_program() -> str | None:
+    """Where Prometheus's server program is (Debian's `prometheus` package), if installed."""
+    return shutil.which("prometheus")
+
+
+@contextmanager
+def prometheus_server(
+    config: str, rules: Mapping[str, str] | None = None, timeout: float = 60
+) -> Iterator[str]:
+    """Prometheus on 127.0.0.1 with ``config`` (prometheus.yml text) and rule files ``rules``
+    (name -> text, beside the config), its data in a temporary directory; yields its URL."""
+    program = prometheus_program()
+    if program is None:
+        raise ServerError("prometheus is not installed (Debian package `prometheus`)")
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    with tempfile.TemporaryDirectory(prefix="mlpipe-prometheus-") as root:
+        for name, text in {"prometheus.yml": config, **(rules or {})}.items():
+            (Path(root) / name).write_text(text)
+        args = [program, f"--config.file={root}/prometheus.yml", f"--storage.tsdb.path={root}/data"]
+        args += [f"--web.listen-address={LOOPBACK}:{port}", "--log.level=warn"]
+        with child_process(args, env=clean_env(), cwd=Path(root)) as server:
+            server.wait_until(lambda: http_ok(url + "/-/ready"), f"Prometheus at {url}", timeout)
+            yield url

@@ -166,6 +166,37 @@ def verify() -> None:
     typer.echo(verification.run())
 
 
+@app.command()
+def drift(
+    model_dir: Annotated[
+        Path, typer.Option(help="The package whose training profile to compare with.")
+    ] = paths.PACKAGE_DIR,
+    images: Annotated[
+        Path | None, typer.Option(help="A .npy file of raw-pixel images [N, H, W] (default: --split).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="The prepared split to compare, without --images.")] = "test",
+    data_dir: Annotated[Path, typer.Option(help="The prepared data (for --split).")] = paths.PREPARED_DIR,
+    shift: Annotated[
+        Literal["none", "invert", "brighten", "darken"],
+        typer.Option(help="Compare a shifted copy instead: what drift looks like."),
+    ] = "none",
+    threshold: Annotated[
+        float | None, typer.Option(help="PSI at or above which the inputs have drifted (default 0.2).")
+    ] = None,
+) -> None:
+    """Compare a batch of images with the package's training profile; exit 1 if they drifted."""
+    from mlpipe import drift as drifting
+
+    batch = drifting.load_images(images) if images else drifting.load_split(data_dir, split)
+    profile = drifting.read_profile(model_dir)
+    limit = drifting.DRIFT_THRESHOLD if threshold is None else threshold
+    result = drifting.compare(profile, drifting.shifted(batch, shift, profile.pixel_max), limit)
+    for line in result.lines():
+        typer.echo(line)
+    if result.drifted:
+        raise drifting.DriftError(f"the inputs drifted: PSI {result.psi:.4f} >= {limit:g}")
+
+
 def _run_stage(module: str) -> None:
     params = load_params()
     numerics.pin(params.train.numerics)

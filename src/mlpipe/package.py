@@ -1,8 +1,9 @@
 """Stage `package`: export the trained model as a self-contained serving bundle and register it.
 
 models/package/ holds model.onnx (raw pixels [N, H, W] -> class probabilities, preprocessing
-included in the graph), package.json (labels, input spec, preprocessing, lineage, metrics) and
-MODEL_CARD.md. The same ONNX model is logged to MLflow and registered with alias `candidate`.
+included in the graph), package.json (labels, input spec, preprocessing, lineage, metrics),
+MODEL_CARD.md and profile.json (the training data's drift profile, mlpipe.drift). The same ONNX
+model is logged to MLflow and registered with alias `candidate`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlpipe import atomic, lineage, paths, tracking
+from mlpipe import atomic, drift, lineage, paths, tracking
 from mlpipe.data import read_schema, read_split
 from mlpipe.errors import ArtifactError
 from mlpipe.model import Checkpoint, load_checkpoint
@@ -31,6 +32,7 @@ from mlpipe.package_spec import (
     MODEL_FILE,
     OUTPUT_NAME,
     PACKAGE_FORMAT,
+    PROFILE_FILE,
 )
 from mlpipe.params import Params
 from mlpipe.preprocessing import Preprocessing
@@ -239,6 +241,8 @@ def run(params: Params) -> None:
         atomic.write_bytes(staging / MODEL_FILE, onnx_bytes)
         atomic.write_json(staging / MANIFEST_FILE, info)
         atomic.write_text(staging / CARD_FILE, model_card(info, params, per_class_csv))
+        profile = drift.Profile.of(read_split("train", schema=schema).images, schema.pixel_max)
+        atomic.write_json(staging / PROFILE_FILE, profile.to_json())
         if mlflow_client is not None:
             log.info("exported and verified the package; registering it")
             register(mlflow_client, staging, info, origin, onnx_bytes, test.images[:2])

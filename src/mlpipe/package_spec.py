@@ -7,3 +7,4 @@ MANIFEST_FILE = "package.json"
 CARD_FILE = "MODEL_CARD.md"
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
+PROFILE_FILE = "profile.json"  # the training data's drift profile (mlpipe.drift.Profile)

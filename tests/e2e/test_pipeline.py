@@ -98,7 +98,12 @@ def test_mlflow_run_carries_params_epochs_lineage_and_artifacts(built_project: P
     assert [m.step for m in val_accuracy] == list(range(1, TINY_PARAMS["train"]["epochs"] + 1))
     assert mlflow_run.data.metrics["test_accuracy"] == manifest["metrics"]["test_accuracy"]
     artifacts = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "package")}
-    assert artifacts == {"package/model.onnx", "package/package.json", "package/MODEL_CARD.md"}
+    assert artifacts == {
+        "package/model.onnx",
+        "package/package.json",
+        "package/MODEL_CARD.md",
+        "package/profile.json",
+    }
 
 
 def test_registered_candidate_loads_and_predicts_like_evaluate(built_project: Path) -> None:

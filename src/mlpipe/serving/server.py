@@ -2,8 +2,9 @@
 
 `ImageClassifier` follows KServe's sklearnserver: `__init__` stores settings, `load()` reads and
 checks the package and sets `ready`, `predict()` runs the ONNX model on a request's images in
-one forward pass. Protocols, health endpoints and Prometheus metrics are KServe's own; the
-HTTP edge in front of them (body limit, V2 decoding, error bodies, access log) is `edge`'s.
+one forward pass. Protocols, health endpoints and request-latency metrics are KServe's own;
+the HTTP edge in front of them (body limit, V2 decoding, error bodies, access log) is
+`edge`'s; the model's metrics and drift window are serving/metrics.py's.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from kserve.protocol.rest.server import RESTServer
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from timing_asgi import TimingMiddleware
 
+from mlpipe import drift
 from mlpipe.errors import ArtifactError, MlpipeError
 from mlpipe.serving.edge import AccessLog, install
+from mlpipe.serving.metrics import ModelMonitor, monitored
 from mlpipe.serving.model_package import InputSpec, ModelPackage, read_package
 from mlpipe.serving.validation import v1_images, v2_images
 
@@ -61,10 +64,20 @@ def default_max_body_bytes(spec: InputSpec) -> int:
 class ImageClassifier(Model):
     """Classifies grayscale images given as raw pixels; returns class index, label, probabilities."""
 
-    def __init__(self, name: str | None, model_dir: Path, threads: int = DEFAULT_THREADS) -> None:
+    def __init__(
+        self,
+        name: str | None,
+        model_dir: Path,
+        threads: int = DEFAULT_THREADS,
+        monitoring: bool = True,
+        drift_window: int = drift.DEFAULT_WINDOW,
+    ) -> None:
         super().__init__(name or "")  # empty: take the package's name in load()
         self.model_dir = Path(model_dir)
         self.threads = threads
+        self.monitoring = monitoring
+        self.drift_window = drift_window
+        self.monitor: ModelMonitor | None = None
         self.package: ModelPackage | None = None
         self.session: onnxruntime.InferenceSession | None = None
 
@@ -74,6 +87,9 @@ class ImageClassifier(Model):
         self.session = self._session(package)
         self.package = package
         self.name = self.name or package.name
+        if self.monitoring:
+            profile = drift.read_profile(self.model_dir)
+            self.monitor = ModelMonitor(self.name, package.labels, profile, self.drift_window)
         self.ready = True
         log.info("loaded %s from %s (%d classes)", self.name, self.model_dir, len(package.labels))
         return self.ready
@@ -123,15 +139,22 @@ class ImageClassifier(Model):
         package, session = self._ready_parts()
         return session.run([package.output_name], {package.input.name: pixels})[0]
 
+    def _classified(self, pixels: np.ndarray) -> np.ndarray:
+        probabilities = self.probabilities(pixels)
+        if self.monitor is not None:
+            self.monitor.observe(pixels, probabilities)
+        return probabilities
+
+    @monitored
     def predict(self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None) -> Any:
         """V1 body -> ``{"predictions": [...]}``; V2 request -> InferResponse with three outputs."""
         package, _ = self._ready_parts()
         if isinstance(payload, InferRequest):
-            probabilities = self.probabilities(v2_images(payload, package.input))
+            probabilities = self._classified(v2_images(payload, package.input))
             return self._v2_response(payload, probabilities)
         if isinstance(payload, bytes | str):
             raise InvalidInput("the request body must be JSON sent with Content-Type: application/json")
-        probabilities = self.probabilities(v1_images(payload, package.input))
+        probabilities = self._classified(v1_images(payload, package.input))
         classes = probabilities.argmax(axis=1).tolist()
         return {
             "predictions": [
@@ -256,6 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="One line per request (client, method, path, status, milliseconds, error), or none.",
     )
+    parser.add_argument(
+        "--monitoring",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="The model's metrics on /metrics and the drift window (needs --workers 1).",
+    )
+    parser.add_argument(
+        "--drift-window", type=int, default=drift.DEFAULT_WINDOW, help="Recent images the drift score covers."
+    )
     # The model name defaults to the package's; gRPC is off (HTTP is what the InferenceService
     # exposes, and KServe's gRPC server would listen on every interface); KServe's latency line
     # would be a second line per request.
@@ -285,7 +317,18 @@ def main(argv: list[str]) -> None:
     # a user of this server can act on.
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     use_event_loop(args.event_loop)
-    model = ImageClassifier(args.model_name, args.model_dir, threads=args.threads)
+    if args.monitoring and args.workers > 1:
+        raise MlpipeError(
+            f"--workers {args.workers}: the model's metrics and drift window need one worker (each "
+            "scrape would see one worker's); scale out with replicas, or pass --no-monitoring"
+        )
+    model = ImageClassifier(
+        args.model_name,
+        args.model_dir,
+        threads=args.threads,
+        monitoring=args.monitoring,
+        drift_window=args.drift_window,
+    )
     model.load()
     package, _ = model._ready_parts()
     max_body_bytes = args.max_body_bytes or default_max_body_bytes(package.input)

@@ -1,0 +1,141 @@
+"""The model's own Prometheus metrics, served on `/metrics` beside KServe's latency histograms.
+
+KServe serves prometheus_client's default registry, so the metrics defined here appear there.
+Every label is bounded: ``model_name`` (one per server), ``label`` (the package's classes) and
+``reason`` (the fixed ``REJECTION_REASONS``); nothing taken from a request becomes a label value.
+
+One process only: with several uvicorn workers each scrape would see one worker's counters and
+drift window (kserve/kserve#2979), so `mlpipe serve` refuses ``--workers > 1`` while monitoring is
+on; scale out with replicas instead (each pod is scraped on its own and PromQL sums them).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+from kserve.errors import InvalidInput
+from prometheus_client import Counter, Gauge, Histogram
+
+from mlpipe.drift import DEFAULT_WINDOW, DriftWindow, Profile, mean_intensity
+
+REQUESTS = Counter(
+    "mlpipe_requests", "Inference requests that reached the model, whatever their outcome.", ["model_name"]
+)
+REJECTED = Counter(
+    "mlpipe_rejected_requests",
+    "Requests refused with HTTP 400, by what was wrong with them.",
+    ["model_name", "reason"],
+)
+FAILED = Counter(
+    "mlpipe_failed_requests", "Requests that failed inside the server (HTTP 5xx).", ["model_name"]
+)
+PREDICTIONS = Counter("mlpipe_predictions", "Images classified, by predicted class.", ["model_name", "label"])
+CONFIDENCE = Histogram(
+    "mlpipe_prediction_confidence",
+    "Top class probability of each classified image.",
+    ["model_name"],
+    buckets=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+)
+INTENSITY = Histogram(
+    "mlpipe_input_mean_intensity",
+    "Per-image mean pixel as a fraction of the pixel range (the drift statistic's input).",
+    ["model_name"],
+    buckets=tuple(round(0.05 * i, 2) for i in range(1, 21)),
+)
+DRIFT_SCORE = Gauge(
+    "mlpipe_drift_score",
+    "PSI of the last window of inputs' mean intensity against the training profile (NaN until full).",
+    ["model_name"],
+)
+DRIFT_WINDOW_IMAGES = Gauge(
+    "mlpipe_drift_window_images", "Images in the drift window (it is scored when full).", ["model_name"]
+)
+DRIFT_WINDOW_SIZE = Gauge("mlpipe_drift_window_size", "Images a full drift window holds.", ["model_name"])
+
+# What a 400's message says was wrong (serving/validation.py's messages), first match wins.
+REJECTION_REASONS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("batch_size", re.compile(r"empty batch|too many images")),
+    ("datatype", re.compile(r"has datatype")),
+    ("input_name", re.compile(r"input tensor named")),
+    ("shape", re.compile(r"must have shape|needs \d+ values|does not match its shape|not a rectangular")),
+    ("not_numbers", re.compile(r"numbers only")),
+    ("pixel_values", re.compile(r"finite|whole numbers|raw pixels in")),
+    ("body", re.compile(r"request body|\"instances\" must be a list")),
+)
+OTHER_REASON = "other"
+
+
+def rejection_reason(error: InvalidInput) -> str:
+    """The bounded reason label of a refused request."""
+    message = str(error.reason if hasattr(error, "reason") else error)
+    return next((name for name, pattern in REJECTION_REASONS if pattern.search(message)), OTHER_REASON)
+
+
+class ModelMonitor:
+    """The metrics of one served model, and its drift window over recent inputs."""
+
+    def __init__(
+        self, model_name: str, labels: tuple[str, ...], profile: Profile, window: int = DEFAULT_WINDOW
+    ) -> None:
+        self.labels = labels
+        self.window = DriftWindow(profile, window)
+        self.requests = REQUESTS.labels(model_name)
+        self.failed = FAILED.labels(model_name)
+        self.rejected = {name: REJECTED.labels(model_name, name) for name, _ in REJECTION_REASONS}
+        self.rejected[OTHER_REASON] = REJECTED.labels(model_name, OTHER_REASON)
+        self.predictions = [PREDICTIONS.labels(model_name, label) for label in labels]
+        self.confidence = CONFIDENCE.labels(model_name)
+        self.intensity = INTENSITY.labels(model_name)
+        self.drift_score = DRIFT_SCORE.labels(model_name)
+        self.window_images = DRIFT_WINDOW_IMAGES.labels(model_name)
+        DRIFT_WINDOW_SIZE.labels(model_name).set(window)
+        self.drift_score.set(math.nan)
+        self.window_images.set(0)
+
+    def observe(self, pixels: np.ndarray, probabilities: np.ndarray) -> None:
+        """Record one request's images (raw pixels [N, H, W]) and the model's output [N, C]."""
+        for index, count in enumerate(np.bincount(probabilities.argmax(axis=1), minlength=len(self.labels))):
+            if count:
+                self.predictions[index].inc(int(count))
+        for confidence in probabilities.max(axis=1).tolist():
+            self.confidence.observe(confidence)
+        values = mean_intensity(pixels, self.window.profile.pixel_max)
+        for value in values.tolist():
+            self.intensity.observe(value)
+        self.window.add(values)
+        self.window_images.set(len(self.window))
+        score = self.window.score()
+        if score is not None:
+            self.drift_score.set(score)
+
+    def reject(self, error: InvalidInput) -> None:
+        self.rejected[rejection_reason(error)].inc()
+
+
+Predict = TypeVar("Predict", bound=Callable[..., Any])
+
+
+def monitored(predict: Predict) -> Predict:
+    """Count a model's ``predict`` calls by outcome in its ``monitor`` (when it has one)."""
+
+    @functools.wraps(predict)
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        monitor: ModelMonitor | None = self.monitor
+        if monitor is None:
+            return predict(self, *args, **kwargs)
+        monitor.requests.inc()
+        try:
+            return predict(self, *args, **kwargs)
+        except InvalidInput as e:
+            monitor.reject(e)
+            raise
+        except Exception:
+            monitor.failed.inc()
+            raise
+
+    return counted  # type: ignore[return-value]

@@ -1,0 +1,249 @@
+"""deploy/monitoring/ (alert rules, PrometheusRule, PodMonitor, dashboard) and the server's model
+metrics (mlpipe.serving.metrics), without a server: promtool, the CRD schemas, prometheus_client."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import numpy as np
+import pytest
+import yaml
+from kserve.errors import InvalidInput
+from kubernetes_validate.utils import latest_version
+from prometheus_client import REGISTRY, generate_latest
+
+from mlpipe import drift
+from mlpipe.errors import MlpipeError
+from mlpipe.serving import metrics, server
+from mlpipe.serving.model_package import InputSpec
+from mlpipe.serving.validation import v1_images, v2_images
+from tests.conftest import REPO_ROOT, require
+from tests.model.serving_cases import BAD_REQUEST_IDS, Spec, bad_request, infer_request
+from tests.monitoring import (
+    DASHBOARD,
+    POD_MONITOR,
+    PROMETHEUS_RULE,
+    RULES_FILE,
+    RULES_TESTS,
+    dashboard,
+    exported_names,
+    rules,
+    used_metric_names,
+)
+from tests.unit.test_manifests import strict
+
+CRD_DIR = REPO_ROOT / "tests/data/prometheus-operator"
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    program = shutil.which("promtool")
+    require(program is not None, "promtool (Debian package prometheus; .ci/tools/monitoring.sh)")
+    return subprocess.run([str(program), *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+# --- alert rules ------------------------------------------------------------------------------
+
+
+def test_rules_file_passes_promtool_check() -> None:
+    result = promtool("check", "rules", str(RULES_FILE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules())} rules found" in result.stdout
+
+
+def test_alerts_fire_and_stay_quiet_as_the_promtool_cases_say() -> None:
+    result = promtool("test", "rules", str(RULES_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_promtool_cases_cover_every_alert() -> None:
+    cases = yaml.safe_load(RULES_TESTS.read_text())["tests"]
+    checks = [check for case in cases for check in case["alert_rule_test"]]
+    tested = {check["alertname"] for check in checks if check["exp_alerts"]}
+    assert tested == {rule["alert"] for rule in rules()}
+
+
+def test_a_broken_rule_fails_the_check(tmp_path: Path) -> None:
+    broken = tmp_path / "rules.yaml"
+    broken.write_text(RULES_FILE.read_text().replace("> 0.01", "> > 0.01"))
+    assert promtool("check", "rules", str(broken)).returncode != 0
+
+
+def test_every_alert_has_a_severity_summary_and_description() -> None:
+    for rule in rules():
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+
+
+def test_drift_alert_uses_the_drift_modules_threshold() -> None:
+    [rule] = [rule for rule in rules() if rule["alert"] == "MlpipeInputDrift"]
+    assert rule["expr"].strip().endswith(f">= {drift.DRIFT_THRESHOLD}")
+    [panel] = [panel for panel in dashboard()["panels"] if panel["title"] == "Input drift"]
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert steps[-1]["value"] == drift.DRIFT_THRESHOLD
+
+
+def test_prometheusrule_holds_the_rules_file_groups() -> None:
+    resource = yaml.safe_load(PROMETHEUS_RULE.read_text())
+    assert resource["spec"] == yaml.safe_load(RULES_FILE.read_text())
+
+
+# --- Prometheus Operator resources against the operator's CRD schemas -----------------------
+
+
+def python_patterns(schema: Any) -> Any:
+    """The schema with Go regexps that Python's re rejects rewritten: Go accepts a flag group
+    after `^` (the operator's `^(?i)(abort|warn)?$`), Python wants it first."""
+    if isinstance(schema, list):
+        return [python_patterns(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result = {key: python_patterns(value) for key, value in schema.items()}
+    if isinstance(result.get("pattern"), str) and result["pattern"].startswith("^(?i)"):
+        result["pattern"] = "(?i)^" + result["pattern"].removeprefix("^(?i)")
+    return result
+
+
+@cache
+def crd_validator(kind: str) -> jsonschema.Draft7Validator:
+    name = {"PodMonitor": "podmonitors", "PrometheusRule": "prometheusrules"}[kind]
+    crd = yaml.safe_load((CRD_DIR / f"monitoring.coreos.com_{name}.yaml").read_text())
+    [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    schema = python_patterns(strict(version["schema"]["openAPIV3Schema"]))
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def validate(resource: dict[str, Any]) -> None:
+    crd_validator(resource["kind"]).validate(resource)
+    # The CRD leaves metadata to the API server: check it as any object's ObjectMeta.
+    meta = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": resource["metadata"]}
+    kubernetes_validate.validate(meta, latest_version(), strict=True)
+
+
+@pytest.mark.parametrize("path", [POD_MONITOR, PROMETHEUS_RULE], ids=lambda p: p.name)
+def test_operator_resources_are_valid(path: Path) -> None:
+    validate(yaml.safe_load(path.read_text()))
+
+
+def test_pod_monitor_scrapes_the_inferenceservice_predictor_metrics() -> None:
+    monitor = yaml.safe_load(POD_MONITOR.read_text())
+    isvc = (REPO_ROOT / "deploy/base/inferenceservice.yaml").read_text()
+    labels = monitor["spec"]["selector"]["matchLabels"]
+    assert labels["component"] == "predictor"
+    assert "serving.kserve.io/inferenceservice" in labels
+    assert {e["path"] for e in monitor["spec"]["podMetricsEndpoints"]} == {"/metrics"}
+    assert "name: http1" in isvc
+    assert 'serving.kserve.io/enable-prometheus-scraping: "true"' in isvc
+
+
+@pytest.mark.parametrize(
+    ("path", "change"),
+    [
+        (POD_MONITOR, lambda r: r["spec"].update(podMetricEndpoints=r["spec"].pop("podMetricsEndpoints"))),
+        (POD_MONITOR, lambda r: r["spec"]["podMetricsEndpoints"][0].update(interval=15)),
+        (PROMETHEUS_RULE, lambda r: r["spec"]["groups"][0]["rules"][0].update(fore="5m")),
+        (PROMETHEUS_RULE, lambda r: r["spec"]["groups"][0].pop("name")),
+    ],
+    ids=["misspelt-endpoints", "interval-as-number", "unknown-rule-field", "group-without-name"],
+)
+def test_invalid_operator_resources_are_rejected(path: Path, change: Any) -> None:
+    resource = yaml.safe_load(path.read_text())
+    change(resource)
+    with pytest.raises(jsonschema.ValidationError):
+        validate(resource)
+
+
+# --- dashboard --------------------------------------------------------------------------------
+
+
+def test_dashboard_has_the_panels_an_on_call_engineer_needs() -> None:
+    board = dashboard()
+    titles = [panel["title"] for panel in board["panels"]]
+    assert titles == [
+        "Request rate",
+        "Predict latency",
+        "Errors",
+        "Class mix",
+        "Confidence",
+        "Input drift",
+        "Input mean intensity",
+        "Replicas",
+    ]
+    assert len({panel["id"] for panel in board["panels"]}) == len(titles)
+    assert all(panel["targets"] for panel in board["panels"])
+    assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "model"]
+    assert DASHBOARD.read_text().endswith("}\n")
+
+
+# --- the server's metrics ---------------------------------------------------------------------
+
+
+PROFILE = drift.Profile.of(np.arange(64 * 100, dtype=np.uint8).reshape(100, 8, 8) % 17, 16)
+LABELS = tuple(str(i) for i in range(10))
+
+
+def sample(name: str, model: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"model_name": model, **labels})
+
+
+def test_monitor_exports_every_model_metric_the_dashboard_and_rules_use() -> None:
+    metrics.ModelMonitor("unit-export", LABELS, PROFILE, window=10)
+    exported = exported_names(generate_latest(REGISTRY).decode())
+    ours = {name for name in used_metric_names() if name.startswith("mlpipe_")}
+    assert ours and ours <= exported  # KServe's own are checked on a live server (tests/e2e)
+
+
+def test_monitor_counts_classes_confidence_and_fills_the_drift_window() -> None:
+    monitor = metrics.ModelMonitor("unit-counts", LABELS, PROFILE, window=4)
+    probabilities = np.full((3, 10), 0.02, dtype=np.float32)
+    probabilities[[0, 1, 2], [7, 7, 2]] = 0.82
+    assert np.isnan(sample("mlpipe_drift_score", "unit-counts"))
+    monitor.observe(np.full((3, 8, 8), 16, dtype=np.float32), probabilities)
+    assert sample("mlpipe_predictions_total", "unit-counts", label="7") == 2
+    assert sample("mlpipe_predictions_total", "unit-counts", label="2") == 1
+    assert sample("mlpipe_prediction_confidence_count", "unit-counts") == 3
+    assert sample("mlpipe_prediction_confidence_bucket", "unit-counts", le="0.8") == 0
+    assert sample("mlpipe_prediction_confidence_bucket", "unit-counts", le="0.9") == 3
+    assert sample("mlpipe_input_mean_intensity_bucket", "unit-counts", le="0.95") == 0
+    assert sample("mlpipe_drift_window_images", "unit-counts") == 3
+    assert np.isnan(sample("mlpipe_drift_score", "unit-counts"))
+    monitor.observe(np.full((1, 8, 8), 16, dtype=np.float32), probabilities[:1])
+    assert sample("mlpipe_drift_score", "unit-counts") > drift.DRIFT_THRESHOLD  # all-white images
+
+
+SPEC = Spec("pixels", 8, 8, 16, 4, list(LABELS), "model")
+
+
+@pytest.mark.parametrize("case_id", BAD_REQUEST_IDS)
+def test_every_refused_request_gets_a_named_reason(case_id: str) -> None:
+    case = bad_request(SPEC, case_id)
+    spec = InputSpec(SPEC.name, SPEC.height, SPEC.width, SPEC.pixel_max, SPEC.max_batch_size)
+    with pytest.raises(InvalidInput) as refused:
+        if case.protocol == "v1":
+            v1_images(case.body, spec)
+        else:
+            v2_images(infer_request(case.body, SPEC.model_name), spec)
+    assert metrics.rejection_reason(refused.value) in {name for name, _ in metrics.REJECTION_REASONS}
+
+
+def test_unknown_refusal_is_counted_as_other() -> None:
+    assert metrics.rejection_reason(InvalidInput("something new")) == metrics.OTHER_REASON
+
+
+def test_monitoring_is_on_by_default_with_the_default_window() -> None:
+    args = server.build_parser().parse_args([])
+    assert (args.monitoring, args.drift_window) == (True, drift.DEFAULT_WINDOW)
+    args = server.build_parser().parse_args(["--no-monitoring", "--drift-window", "50"])
+    assert (args.monitoring, args.drift_window) == (False, 50)
+
+
+def test_server_refuses_several_workers_while_monitoring(tmp_path: Path) -> None:
+    with pytest.raises(MlpipeError, match=r"--workers 2: .* need one worker .* --no-monitoring"):
+        server.main(["--model-dir", str(tmp_path), "--workers", "2"])
