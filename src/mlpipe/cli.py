@@ -158,6 +158,35 @@ def model_uri(
     typer.echo(gating.package_uri(gating.require_registry(), load_params().package.model_name, alias))
 
 
+tune_app = typer.Typer(
+    help="Hyperparameter search over tune.yaml: trials are DVC experiments up to `evaluate`.",
+    no_args_is_help=False,
+)
+app.add_typer(tune_app, name="tune")
+
+
+@tune_app.callback(invoke_without_command=True)
+def tune(
+    ctx: typer.Context,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="The study's budget of finished trials (default: tune.yaml's).")
+    ] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Trials run at once, each a `dvc exp run --temp`.")] = 1,
+) -> None:
+    """Run (or continue) the study in tune.db; print the best trial and how to keep it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from mlpipe.tuning.space import load_space
+    from mlpipe.tuning.study import Tuner, summary
+
+    space = load_space()
+    outcome = Tuner(space, Path.cwd()).run(trials or space.trials, jobs)
+    typer.echo(summary(outcome.study, space))
+    if outcome.interrupted:
+        typer.echo("interrupted: run `mlpipe tune` again to continue the study", err=True)
+        raise typer.Exit(130)
+
+
 def _run_stage(module: str) -> None:
     params = load_params()
     importlib.import_module(f"mlpipe.{module}").run(params)
