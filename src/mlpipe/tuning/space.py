@@ -30,6 +30,8 @@ OBJECTIVE_FILES = {
     "val_accuracy": "reports/train_metrics.json",
     "val_loss": "reports/train_metrics.json",
 }
+# The last stage a trial must run to produce each file.
+PRODUCING_STAGE = {"reports/metrics.json": "evaluate", "reports/train_metrics.json": "train"}
 NATURAL_DIRECTION = {
     "test_accuracy": "maximize",
     "test_macro_f1": "maximize",
@@ -176,6 +178,31 @@ class SearchSpace(_Strict):
                 )
         return self
 
+    def target_stage(self) -> str:
+        """The last stage a trial runs: `train` when the objective is on the validation curve."""
+        return PRODUCING_STAGE[OBJECTIVE_FILES[self.objective.metric]]
+
+    def metric_files(self) -> list[str]:
+        """The metrics files a trial writes (those of the stages it runs)."""
+        files = ["reports/train_metrics.json"]
+        return [*files, "reports/metrics.json"] if self.target_stage() == "evaluate" else files
+
+    def parse_assignments(self, text: str) -> dict[str, Choice]:
+        """`train.lr=0.01,model.width=16` -> the values of those params (each must be in the space)."""
+        chosen: dict[str, Choice] = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or key not in self.params:
+                raise TuningError(
+                    f"--enqueue {text!r}: {item!r} is not KEY=VALUE for a param of tune.yaml "
+                    f"({', '.join(self.params)})"
+                )
+            try:
+                chosen[key] = parse_scalar(value)
+            except yaml.YAMLError as e:
+                raise TuningError(f"--enqueue {text!r}: {value!r} is not a YAML value") from e
+        return chosen
+
     def grid(self) -> dict[str, list[Choice]]:
         """Every value of every param (the grid sampler's search space)."""
         return {key: space.values() for key, space in self.params.items()}
@@ -197,6 +224,17 @@ class SearchSpace(_Strict):
             else:
                 chosen[key] = trial.suggest_categorical(key, space.choices)
         return chosen
+
+
+def parse_scalar(text: str) -> Choice:
+    """A command-line value: numbers as Python reads them (1e-06 is a float, unlike in YAML 1.1),
+    anything else as YAML (true, 'text')."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
 
 
 def _describe(error: ValidationError, path: Path) -> str:

@@ -32,7 +32,7 @@ from mlpipe import paths
 from mlpipe.errors import TuningError
 from mlpipe.params import parse_params
 from mlpipe.tuning.reporter import PRUNED_ATTR, STATE_TAG, STUDY_TAG, TRIAL_ENV, TRIAL_TAG, TrialLink
-from mlpipe.tuning.space import OBJECTIVE_FILES, Choice, SearchSpace
+from mlpipe.tuning.space import Choice, SearchSpace
 
 if TYPE_CHECKING:
     import optuna
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 # Trial user attributes: where its results are, so the summary never recomputes them.
 EXPERIMENT_ATTR, REV_ATTR, METRICS_ATTR, RUN_ATTR = "dvc_experiment", "dvc_rev", "metrics", "mlflow_run_id"
-TARGET_STAGE = "evaluate"
 
 
 def storage_url(root: Path) -> str:
@@ -172,13 +171,16 @@ class Tuner:
             log.warning("trial %d was cut short; marked failed, its params run again", trial.number)
 
     # --- the loop ----------------------------------------------------------------------------
-    def run(self, budget: int, jobs: int) -> Outcome:
-        """Run trials until ``budget`` of them are finished (complete or pruned), ``jobs`` at a time."""
+    def run(self, budget: int, jobs: int, enqueue: list[dict[str, Choice]] | None = None) -> Outcome:
+        """Run trials until ``budget`` of them are finished (complete or pruned), ``jobs`` at a time;
+        ``enqueue``: params to try first (once per study)."""
         from optuna.trial import TrialState
 
         with self.exclusive():
             study = self.open_study()
             self.requeue_orphans(study)
+            for chosen in enqueue or []:
+                study.enqueue_trial(chosen, skip_if_exists=True)
             finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
             if self.space.sampler.name == "grid":
                 budget = min(budget, self.space.grid_size())
@@ -236,7 +238,7 @@ class Tuner:
         command = ["dvc", "--wait-for-lock", "exp", "run", "--temp", "-n", name]
         for key, value in chosen.items():
             command += ["-S", f"{key}={yaml_scalar(value)}"]
-        command.append(TARGET_STAGE)
+        command.append(self.space.target_stage())
         env = {**os.environ, TRIAL_ENV: self._link(trial._trial_id, trial.number).model_dump_json()}
         log.info("trial %d: %s", trial.number, " ".join(f"{k}={yaml_scalar(v)}" for k, v in chosen.items()))
         with self._running.lock:
@@ -292,7 +294,7 @@ class Tuner:
                     f"{committed.get(section, {}).get(param)!r}, not the proposed {value!r}"
                 )
         metrics: dict[str, float] = {}
-        for source in sorted(set(OBJECTIVE_FILES.values())):
+        for source in self.space.metric_files():
             metrics |= {k: v for k, v in json.loads(self._git("show", f"{rev}:{source}")).items()}
         value = float(metrics[self.space.objective.metric])
         trial.set_user_attr(EXPERIMENT_ATTR, name)
