@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -51,6 +52,18 @@ def trials_in(project: Path, name: str, state: str) -> list[Any]:
     from optuna.trial import TrialState
 
     return load_study(project, name).get_trials(states=(TrialState[state],))
+
+
+def complete_count(project: Path) -> int:
+    """Complete trials in tune.db, read without creating or locking anything (0 before it exists)."""
+    database = project / "tune.db"
+    if not database.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
+            return connection.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.OperationalError:  # tables not created yet, or busy
+        return 0
 
 
 def experiments(project: Path, prefix: str) -> dict[str, str]:
@@ -112,7 +125,7 @@ def interrupted_study(project: Path) -> dict[str, Any]:
     )
     deadline = time.monotonic() + TUNE_TIMEOUT
     while time.monotonic() < deadline and process.poll() is None:
-        if (project / "tune.db").exists() and len(trials_in(project, "resume", "COMPLETE")) >= 2:
+        if complete_count(project) >= 2:
             break
         time.sleep(0.5)
     assert process.poll() is None, "the study ended before it could be interrupted"

@@ -239,6 +239,7 @@ class Tuner:
         for key, value in chosen.items():
             command += ["-S", f"{key}={yaml_scalar(value)}"]
         command.append(self.space.target_stage())
+        # the train stage reopens this very trial by its storage id to report to it
         env = {**os.environ, TRIAL_ENV: self._link(trial._trial_id, trial.number).model_dump_json()}
         log.info("trial %d: %s", trial.number, " ".join(f"{k}={yaml_scalar(v)}" for k, v in chosen.items()))
         with self._running.lock:
@@ -264,7 +265,8 @@ class Tuner:
         if process.returncode == 0:
             self._finish(study, trial, name, chosen)
             return
-        pruned_at = study._storage.get_trial(trial._trial_id).user_attrs.get(PRUNED_ATTR)
+        (recorded,) = (t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+        pruned_at = recorded.user_attrs.get(PRUNED_ATTR)
         if pruned_at is not None:
             self._mark_run(trial.number, "pruned", {})
             study.tell(trial, state=TrialState.PRUNED)
@@ -347,35 +349,27 @@ class Tuner:
         """Tag the trial's MLflow run with how it ended; a pruned one is KILLED, not FAILED."""
         from mlpipe import tracking
 
-        previous = os.environ.get("DVC_ROOT")
-        os.environ["DVC_ROOT"] = str(self.root)
-        try:
-            client = tracking.client()
-            with tracking.reported("tagging the trial's run"):
-                runs = client.search_runs(
-                    [tracking.experiment_id(client)],
-                    filter_string=(
-                        f"tags.`{STUDY_TAG}` = '{self.space.study}' and tags.`{TRIAL_TAG}` = '{number}'"
-                    ),
-                    order_by=["attributes.start_time DESC"],
-                    max_results=1,
-                )
-                if not runs:
-                    log.warning("trial %d: no MLflow run tagged %s=%s", number, TRIAL_TAG, number)
-                    return None
-                run_id = runs[0].info.run_id
-                client.set_tag(run_id, STATE_TAG, state)
-                numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-                if numeric:
-                    tracking.log_metrics(client, run_id, numeric)
-                if state == "pruned":
-                    client.set_terminated(run_id, "KILLED")
-                return run_id
-        finally:
-            if previous is None:
-                os.environ.pop("DVC_ROOT", None)
-            else:
-                os.environ["DVC_ROOT"] = previous
+        # the trials' runs are in the project's store: `mlpipe tune` runs at its root
+        client = tracking.client()
+        tagged = f"tags.`{STUDY_TAG}` = '{self.space.study}' and tags.`{TRIAL_TAG}` = '{number}'"
+        with tracking.reported("tagging the trial's run"):
+            runs = client.search_runs(
+                [tracking.experiment_id(client)],
+                filter_string=tagged,
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+            if not runs:
+                log.warning("trial %d: no MLflow run tagged %s=%s", number, TRIAL_TAG, number)
+                return None
+            run_id = runs[0].info.run_id
+            client.set_tag(run_id, STATE_TAG, state)
+            numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+            if numeric:
+                tracking.log_metrics(client, run_id, numeric)
+            if state == "pruned":
+                client.set_terminated(run_id, "KILLED")
+            return run_id
 
 
 def summary(study: optuna.Study, space: SearchSpace) -> str:
