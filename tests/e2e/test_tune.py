@@ -162,14 +162,17 @@ def test_every_trial_is_a_dvc_experiment_and_an_mlflow_run(
 ) -> None:
     complete = trials_in(project, "resume", "COMPLETE")
     exps = experiments(project, "resume")
+    baseline = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert exps == {t.user_attrs["dvc_experiment"]: t.user_attrs["dvc_rev"] for t in complete}
     for trial in complete:
         rev = trial.user_attrs["dvc_rev"]
         params = show_json(project, rev, "params.yaml")
         assert params["train"]["lr"] == trial.params["train.lr"]
         assert params["model"]["width"] == trial.params["model.width"]
-        # trials stop at evaluate: nothing was packaged
-        assert "package" not in show_json(project, rev, "dvc.lock")["stages"]
+        # trials stop at evaluate: the package entry is still the baseline's, nothing was packaged
+        stages = show_json(project, rev, "dvc.lock")["stages"]
+        assert stages["package"] == baseline["package"]
+        assert stages["train"] != baseline["train"]
     runs = {r.data.tags["mlpipe.tune.trial"]: r for r in trial_runs(project, "resume")}
     for trial in complete:
         tracked = runs[str(trial.number)]
