@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from mlpipe.errors import TuningError
-from mlpipe.params import parse_params
+from mlpipe.params import load_params, parse_params
 from mlpipe.tuning.space import load_space, parse_scalar, parse_space
 from mlpipe.tuning.study import yaml_scalar
 
@@ -120,3 +120,10 @@ def test_command_line_numbers_parse_like_python() -> None:
     assert parse_scalar("1e-06") == 1e-06
     assert parse_scalar("16") == 16
     assert parse_scalar("true") is True
+
+
+def test_params_yaml_reads_the_floats_dvc_writes_for_small_values(tmp_path: Path) -> None:
+    # `dvc exp run -S train.lr=1.0e-07` writes `lr: 1e-07` back, which YAML 1.1 reads as a string
+    (tmp_path / "params.yaml").write_text("train:\n  lr: 1e-07\n  weight_decay: 2E-6\n")
+    loaded = load_params(tmp_path / "params.yaml")
+    assert (loaded.train.lr, loaded.train.weight_decay) == (1e-07, 2e-06)
