@@ -197,6 +197,89 @@ def drift(
         raise drifting.DriftError(f"the inputs drifted: PSI {result.psi:.4f} >= {limit:g}")
 
 
+tune_app = typer.Typer(
+    help="Hyperparameter search over tune.yaml: trials are DVC experiments up to `evaluate`.",
+    no_args_is_help=False,
+)
+app.add_typer(tune_app, name="tune")
+
+
+@tune_app.callback(invoke_without_command=True)
+def tune(
+    ctx: typer.Context,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="The study's budget of finished trials (default: tune.yaml's).")
+    ] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Trials run at once, each a `dvc exp run --temp`.")] = 1,
+    enqueue: Annotated[
+        list[str] | None,
+        typer.Option(help="Params to try first, e.g. 'train.lr=0.01,model.width=16' (repeatable)."),
+    ] = None,
+) -> None:
+    """Run (or continue) the study in tune.db; print the best trial and how to keep it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from mlpipe.tuning.space import load_space
+    from mlpipe.tuning.study import Tuner, summary
+
+    space = load_space()
+    first = [space.parse_assignments(text) for text in enqueue or []]
+    outcome = Tuner(space, Path.cwd()).run(trials or space.trials, jobs, first)
+    typer.echo(summary(outcome.study, space))
+    if outcome.interrupted:
+        typer.echo("interrupted: run `mlpipe tune` again to continue the study", err=True)
+        raise typer.Exit(130)
+
+
+@tune_app.command("katib")
+def tune_katib(
+    image: Annotated[str, typer.Option(help="The Dockerfile's `train` image, as the cluster pulls it.")],
+    repo_url: Annotated[
+        str | None, typer.Option(help="Git URL the trial pods fetch (default: remote `origin`).")
+    ] = None,
+    revision: Annotated[str | None, typer.Option(help="Commit they run (default: HEAD).")] = None,
+    namespace: Annotated[str, typer.Option(help="Namespace of the Experiment.")] = "kubeflow",
+    parallel: Annotated[int, typer.Option(min=1, help="Trials Katib runs at once.")] = 2,
+    gpus: Annotated[int, typer.Option(min=0, help="GPUs per trial pod.")] = 0,
+) -> None:
+    """Print tune.yaml as a Katib Experiment (YAML); `kubectl apply -f -` submits it."""
+    import subprocess
+
+    from mlpipe.tuning.katib import experiment, to_yaml
+    from mlpipe.tuning.space import load_space
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            problem = result.stderr.strip()
+            raise MlpipeError(f"`git {' '.join(args)}` failed ({problem}); pass the value as an option")
+        return result.stdout.strip()
+
+    rendered = experiment(
+        load_space(),
+        image=image,
+        repo_url=repo_url or git("remote", "get-url", "origin"),
+        revision=revision or git("rev-parse", "HEAD"),
+        namespace=namespace,
+        parallel_trials=parallel,
+        gpus=gpus,
+    )
+    typer.echo(to_yaml(rendered), nl=False)
+
+
+@tune_app.command("trial")
+def tune_trial(
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="A param of the trial: section.name=value (repeatable).")
+    ] = None,
+) -> None:
+    """One Katib trial: apply the params, run prepare, train, evaluate; print `name=value` metrics."""
+    from mlpipe.tuning.katib import run_trial
+
+    for line in run_trial(set_ or []):
+        typer.echo(line)
+
+
 def _run_stage(module: str) -> None:
     params = load_params()
     numerics.pin(params.train.numerics)

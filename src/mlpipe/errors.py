@@ -19,3 +19,7 @@ class ArtifactError(MlpipeError):
 
 class TrackingError(MlpipeError):
     """The MLflow tracking server or model registry failed or is unreachable."""
+
+
+class TuningError(MlpipeError):
+    """tune.yaml is invalid, or a study cannot run or continue."""

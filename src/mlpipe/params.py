@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -120,6 +121,18 @@ class Params(_Section):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 plus YAML 1.2's floats: `dvc exp run -S train.lr=1e-5` writes 1e-05, which
+    PyYAML alone reads as a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def _describe(error: ValidationError, path: Path) -> str:
     problems = []
     for item in error.errors():
@@ -154,7 +167,7 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     except FileNotFoundError as e:
         raise ParamsError(f"{path}: not found; run from the project root (where dvc.yaml is)") from e
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {e}") from e
     return parse_params(raw, path)

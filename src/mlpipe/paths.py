@@ -5,6 +5,9 @@ from pathlib import Path
 PARAMS_FILE = Path("params.yaml")
 DVC_YAML = Path("dvc.yaml")
 DVC_LOCK = Path("dvc.lock")
+# `mlpipe tune`: the search space, and the study (SQLite, gitignored) that resuming continues
+TUNE_FILE = Path("tune.yaml")
+TUNE_STORAGE = Path("tune.db")
 
 RAW_DIR = Path("data/raw")
 PREPARED_DIR = Path("data/prepared")

@@ -19,6 +19,7 @@ from mlpipe.errors import MlpipeError
 from mlpipe.model import Checkpoint, ConvNet, predict_logits, save_checkpoint
 from mlpipe.params import Params, TrainParams
 from mlpipe.preprocessing import Preprocessing
+from mlpipe.tuning.reporter import report_epoch
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ def run(params: Params) -> None:
                 record["val_accuracy"],
             )
             epoch_log.add(int(record["epoch"]), {k: v for k, v in record.items() if k != "epoch"})
+            report_epoch(record)  # a no-op unless `mlpipe tune` runs this training as a trial
 
         history = fit(model, train_data, val_data, params.train, device, generator, on_epoch)
         epoch_log.flush()

@@ -1,0 +1,121 @@
+"""Trial overhead and sampler comparison of `mlpipe tune`, on a throwaway clone of this repository.
+
+1. Before: one plain `dvc exp run` (every stage, `package` included) vs its training time.
+2. After: `--trials` trials of `mlpipe tune` (stages up to `evaluate`, pruning off): each trial's
+   wall time (Optuna's start to end) vs its training time.
+3. With `--compare N`: a study of N TPE trials and one of N random trials over tune.yaml's space
+   (pruning as tune.yaml sets it): best test_accuracy and wall time of each.
+
+Training time: `train_seconds` (the fit loop) and the MLflow run's duration (data loading, fit,
+checkpoint and logging), both from the training's MLflow run.
+Usage: python benchmarks/tune.py [--trials 3] [--compare 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sh(*args: str, cwd: Path) -> str:
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def training_time(project: Path, filter_string: str) -> tuple[float, float]:
+    """(train_seconds, run duration in s) of the newest MLflow run matching ``filter_string``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("mlpipe")
+    (run,) = client.search_runs(
+        [experiment.experiment_id], filter_string, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return run.data.metrics["train_seconds"], (run.info.end_time - run.info.start_time) / 1000
+
+
+def write_space(project: Path, study: str, **changes: object) -> None:
+    space = yaml.safe_load((project / "tune.yaml").read_text())
+    space.update(study=study, **changes)
+    (project / "tune.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+
+
+def study_rows(project: Path, study: str) -> list[tuple[int, float, float, float]]:
+    """(trial, wall s, train_seconds, run duration s) of each complete trial."""
+    import optuna
+    from optuna.trial import TrialState
+
+    loaded = optuna.load_study(study_name=study, storage=f"sqlite:///{project / 'tune.db'}")
+    rows = []
+    for trial in loaded.get_trials(states=(TrialState.COMPLETE,)):
+        wall = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        fit, duration = training_time(
+            project, f"tags.`mlpipe.tune.study` = '{study}' and tags.`mlpipe.tune.trial` = '{trial.number}'"
+        )
+        rows.append((trial.number, wall, fit, duration))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=3, help="trials timed for the overhead")
+    parser.add_argument("--compare", type=int, default=0, help="trials of each study, TPE vs random")
+    args = parser.parse_args()
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    with tempfile.TemporaryDirectory() as work:
+        project = Path(work) / "project"
+        sh("git", "clone", "--quiet", str(ROOT), str(project), cwd=ROOT)
+        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
+        sh("dvc", "repro", "--quiet", cwd=project)
+        sh("git", "commit", "--quiet", "-am", "baseline results", "--allow-empty", cwd=project)
+
+        started = time.perf_counter()
+        sh("dvc", "exp", "run", "--quiet", "-n", "before", "-S", "train.lr=0.0031", cwd=project)
+        wall = time.perf_counter() - started
+        fit, duration = training_time(project, "tags.`mlpipe.dvc_experiment` = 'before'")
+        print("\n| run | wall | train_seconds | training run | wall / training run |")
+        print("|---|---:|---:|---:|---:|")
+        print(
+            f"| before: `dvc exp run` (all stages) | {wall:.1f} s | {fit:.1f} s | {duration:.1f} s "
+            f"| {wall / duration:.1f}× |"
+        )
+
+        write_space(project, "overhead", pruning={"enabled": False})
+        sh("mlpipe", "tune", "--trials", str(args.trials), cwd=project)
+        for number, wall, fit, duration in study_rows(project, "overhead"):
+            print(
+                f"| after: trial {number} of `mlpipe tune` | {wall:.1f} s | {fit:.1f} s | {duration:.1f} s "
+                f"| {wall / duration:.1f}× |"
+            )
+
+        if args.compare:
+            print("\n| study | trials | best test_accuracy | wall time |")
+            print("|---|---:|---:|---:|")
+            for sampler in ("tpe", "random"):
+                space = yaml.safe_load((ROOT / "tune.yaml").read_text())
+                write_space(project, f"compare-{sampler}", sampler={**space["sampler"], "name": sampler})
+                started = time.perf_counter()
+                sh("mlpipe", "tune", "--trials", str(args.compare), cwd=project)
+                wall = time.perf_counter() - started
+                import optuna
+
+                best = optuna.load_study(
+                    study_name=f"compare-{sampler}", storage=f"sqlite:///{project / 'tune.db'}"
+                ).best_value
+                print(f"| {sampler} | {args.compare} | {best:.4f} | {wall / 60:.1f} min |")
+        print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()
