@@ -75,6 +75,11 @@ def mcnemar_exact(now_wrong: int, now_right: int) -> float:
     return min(1.0, 2 * tail / 2**discordant)
 
 
+def p_text(p_value: float) -> str:
+    """A p-value for people: `p = 0.0312`, or `p < 0.0001` below four decimals."""
+    return f"p = {p_value:.4f}" if p_value >= 1e-4 else "p < 0.0001"
+
+
 def paired_bootstrap(
     old_correct: Sequence[bool], new_correct: Sequence[bool], resamples: int = RESAMPLES, seed: int = SEED
 ) -> Interval:
@@ -194,9 +199,6 @@ def changed_verdicts(
     now_wrong = [i for i, (a, o, n) in enumerate(rows) if o == a != n]
     now_right = [i for i, (a, o, n) in enumerate(rows) if n == a != o]
     return now_wrong, now_right
-
-
-SCORES = ("precision", "recall", "f1")
 
 
 @dataclass(frozen=True)

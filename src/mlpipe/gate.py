@@ -136,7 +136,7 @@ def significance_check(
         return Check(fallback.passed, text, fallback.param)
     result = compare.compare_predictions(champion.predictions, candidate)
     if result.p_value is not None:
-        evidence = f"McNemar p = {result.p_value:.4f}"
+        evidence = f"McNemar {compare.p_text(result.p_value)}"
     else:
         evidence = (
             f"unpaired 95 % interval [{result.interval.low:+.4f}, {result.interval.high:+.4f}]: "

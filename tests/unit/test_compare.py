@@ -129,3 +129,8 @@ def test_class_changes_put_the_largest_movers_first() -> None:
     old = {"a": (0.9, 0.9, 0.9), "b": (0.8, 0.8, 0.8), "c": (1.0, 1.0, 1.0)}
     new = {"a": (0.9, 0.95, 0.92), "b": (0.6, 0.8, 0.7), "c": (1.0, 1.0, 1.0), "d": (0.5, 0.5, 0.5)}
     assert [change.name for change in compare.class_changes(old, new)] == ["d", "b", "a", "c"]
+
+
+def test_a_p_value_below_four_decimals_is_shown_as_a_bound() -> None:
+    assert compare.p_text(compare.mcnemar_exact(0, 20)) == "p < 0.0001"
+    assert compare.p_text(compare.mcnemar_exact(0, 12)) == "p = 0.0005"
