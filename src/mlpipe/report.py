@@ -334,19 +334,21 @@ def _base_package(commit: str, dest: Path) -> str | None:
 
     try:
         DVCFileSystem(url=".", rev=commit).get(paths.PACKAGE_DIR.as_posix(), str(dest), recursive=True)
+    except FileNotFoundError as e:
+        return f"not in the DVC cache or remote: {e}"
     except (DvcException, OSError) as e:
-        return f"{type(e).__name__}: {e}".strip().rstrip(":")
-    return None if (dest / "package.json").is_file() else "no package in it"
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def cost_table(base_label: str, base_commit: str) -> list[str]:
     """Parameters, package size and ONNX Runtime latency of both packages, measured now."""
+    if not paths.PACKAGE_DIR.is_dir():
+        return [f"Unavailable: no package in {paths.PACKAGE_DIR}; run `dvc repro` first."]
     with tempfile.TemporaryDirectory(prefix="mlpipe-report-") as tmp:
         base_dir = Path(tmp) / "base"
         missing = _base_package(base_commit, base_dir)
         dirs = {WORKSPACE: paths.PACKAGE_DIR} | ({} if missing else {"base": base_dir})
-        if not (paths.PACKAGE_DIR / "package.json").is_file():
-            return [f"Unavailable: no package in {paths.PACKAGE_DIR}; run `dvc repro` first."]
         try:
             costs = cost.measure(dirs)
         except MlpipeError as e:
