@@ -30,7 +30,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     `other-split`, before both, results on another split (its model is not registered)."""
     project = make_project(tmp_path_factory.mktemp("report") / "project")
     params = (project / "params.yaml").read_text()
-    update_params(project, {"data": {"seed": 7}, "package": {"register_model": False}})
+    update_params(
+        project, {"data": {"seed": 7}, "train": {"epochs": 1}, "package": {"register_model": False}}
+    )
     run("dvc", "repro", cwd=project)
     run("git", "commit", "-qam", "another split", cwd=project)
     run("git", "tag", "other-split", cwd=project)
@@ -271,14 +273,10 @@ def test_the_examples_that_changed_verdict_are_drawn_from_the_test_split(
     now_wrong, now_right = changed(predictions_at(repo, "baseline"), predictions_at(repo, "HEAD"))
     section = baseline_report.split("\n## Examples that changed verdict\n", 1)[1]
     assert section.strip().startswith(f"{now_wrong} right → wrong, {now_right} wrong → right.")
-    for name, count in (("now_wrong", now_wrong), ("now_right", now_right)):
-        path = repo / "reports/report" / f"{name}.png"
-        assert path.exists() == (count > 0)
-        if count:
-            assert path.read_bytes()[:8] == PNG_SIGNATURE
-            with Image.open(path) as image:
-                image.load()
-                assert image.width >= 100
+    # the files themselves are checked as soon as they are written (test_figures_...)
+    linked = images(section)
+    assert ("report/now_wrong.png" in linked) == (now_wrong > 0)
+    assert ("report/now_right.png" in linked) == (now_right > 0)
 
 
 def test_a_model_compared_with_itself_is_within_noise(repo: Path) -> None:
@@ -360,7 +358,8 @@ def test_cost_table_measures_both_packages(repo: Path, baseline_report: str) -> 
     for name in ("latency, 1 image (ms, median)", "latency, batch of 256 (ms, median)"):
         old, new = float(rows[name]["baseline"]), float(rows[name]["workspace"])
         assert old > 0 and new > 0
-        assert float(rows[name]["Ratio"].rstrip("×")) == pytest.approx(new / old, abs=0.006)
+        # the ratio is of the unrounded figures; the cells hold them to three decimals
+        assert float(rows[name]["Ratio"].rstrip("×")) == pytest.approx(new / old, rel=0.03, abs=0.006)
 
 
 def test_the_significance_gate_compares_with_the_champions_logged_predictions(repo: Path) -> None:
