@@ -2,7 +2,9 @@
 
 A candidate passes when its test metrics (reports/metrics.json) meet the `gate` thresholds in
 params.yaml and, where the model registry holds a `champion`, its test accuracy is at most
-`gate.max_regression` below the champion's. The registry is the configured MLflow store:
+`gate.max_regression` below the champion's (or, with `gate.regression_test: significant`, is
+not significantly below it: mlpipe.compare on both models' test predictions, the champion's
+from its run's `evaluate/predictions.csv` artifact). The registry is the configured MLflow store:
 MLFLOW_TRACKING_URI, or the local mlruns.db when it exists (no store, no champion check).
 
 Promotion moves `champion` to the version registered from this checkout's models/model.pt
@@ -14,12 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlpipe import paths, tracking
+from mlpipe import compare, lineage, paths, tracking
 from mlpipe.errors import ArtifactError, MlpipeError, TrackingError
 from mlpipe.params import GateParams, Params
 from mlpipe.tracking import CANDIDATE, CHAMPION, PREVIOUS
@@ -57,6 +60,8 @@ class Champion:
 
     version: str
     test_accuracy: float
+    # its test predictions, read only for `gate.regression_test: significant`; None if not logged
+    predictions: compare.Predictions | None = None
 
 
 @dataclass(frozen=True)
@@ -117,10 +122,47 @@ def champion_check(test_accuracy: float, champion: Champion, gate: GateParams) -
     return Check(passed, text, "gate.max_regression")
 
 
-def decide(metrics: Mapping[str, float], gate: GateParams, champion: Champion | None) -> Decision:
-    """The gate's decision from the metrics, thresholds and champion; no I/O."""
+def significance_check(
+    test_accuracy: float, champion: Champion, candidate: compare.Predictions | None, gate: GateParams
+) -> Check:
+    """The candidate against the champion: only a significant drop fails (5 % level).
+
+    Without both models' predictions it falls back to the ``max_regression`` rule, saying so.
+    """
+    if champion.predictions is None or candidate is None:
+        missing = f"{paths.PREDICTIONS_FILE}" if candidate is None else f"champion v{champion.version}'s"
+        fallback = champion_check(test_accuracy, champion, gate)
+        text = f"{fallback.text}; no significance test: {missing} test predictions are missing"
+        return Check(fallback.passed, text, fallback.param)
+    result = compare.compare_predictions(champion.predictions, candidate)
+    if result.p_value is not None:
+        evidence = f"McNemar {compare.p_text(result.p_value)}"
+    else:
+        evidence = (
+            f"unpaired 95 % interval [{result.interval.low:+.4f}, {result.interval.high:+.4f}]: "
+            f"{result.unpaired_reason}"
+        )
+    passed = not result.significant_regression
+    outcome = "a significant drop" if not passed else "no significant drop"
+    text = (
+        f"{HEADLINE} {result.new_accuracy:.4f} vs champion v{champion.version} "
+        f"{result.old_accuracy:.4f}: {result.change:+.4f}, {outcome} ({evidence})"
+    )
+    return Check(passed, text, "gate.regression_test")
+
+
+def decide(
+    metrics: Mapping[str, float],
+    gate: GateParams,
+    champion: Champion | None,
+    candidate: compare.Predictions | None = None,
+) -> Decision:
+    """The gate's decision from the metrics, thresholds, champion and (for the significance
+    test) the candidate's test predictions; no I/O."""
     checks = threshold_checks(metrics, gate)
-    if champion is not None:
+    if champion is not None and gate.regression_test == "significant":
+        checks.append(significance_check(metrics[HEADLINE], champion, candidate, gate))
+    elif champion is not None:
         checks.append(champion_check(metrics[HEADLINE], champion, gate))
     return Decision(tuple(checks), champion)
 
@@ -157,8 +199,34 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> str:
     return version
 
 
-def find_champion(client: MlflowClient, name: str) -> Champion | None:
-    """The champion and its test accuracy (version tag, else its run's metric); None if unset."""
+# where the package stage logs reports/predictions.csv in the version's run
+PREDICTIONS_ARTIFACT = f"evaluate/{paths.PREDICTIONS_FILE.name}"
+
+
+def _logged_predictions(
+    client: MlflowClient, run_id: str, data_hash: str | None
+) -> compare.Predictions | None:
+    """A run's logged test predictions; None when it logged none (versions from before they were)."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="mlpipe-gate-") as tmp:
+        try:
+            local = client.download_artifacts(run_id, PREDICTIONS_ARTIFACT, tmp)
+        except (MlflowException, OSError) as e:
+            log.warning(
+                "run %s has no %s (%s): judging by gate.max_regression", run_id, PREDICTIONS_ARTIFACT, e
+            )
+            return None
+        text = Path(local).read_text(encoding="utf-8")
+    try:
+        return compare.Predictions.from_csv(text, data_hash)
+    except ValueError as e:
+        raise TrackingError(f"{PREDICTIONS_ARTIFACT} of run {run_id}: {e}") from e
+
+
+def find_champion(client: MlflowClient, name: str, with_predictions: bool = False) -> Champion | None:
+    """The champion and its test accuracy (version tag, else its run's metric), with its run's
+    test predictions if asked; None if unset."""
     version = aliases(client, name).get(CHAMPION)
     if version is None:
         return None
@@ -167,15 +235,37 @@ def find_champion(client: MlflowClient, name: str) -> Champion | None:
         value = model_version.tags.get(tracking.TAG_PREFIX + HEADLINE)
         if value is None and model_version.run_id:
             value = client.get_run(model_version.run_id).data.metrics.get(HEADLINE)
+        predictions = None
+        if with_predictions and model_version.run_id:
+            data_hash = model_version.tags.get(tracking.TAG_PREFIX + "data_hash")
+            predictions = _logged_predictions(client, model_version.run_id, data_hash)
     if value is None:
         raise TrackingError(f"{name} v{version} (@{CHAMPION}) records no {HEADLINE} to compare with")
-    return Champion(version, float(value))
+    return Champion(version, float(value), predictions)
+
+
+def candidate_predictions() -> compare.Predictions | None:
+    """This checkout's test predictions (reports/predictions.csv) and its data hash; None if absent."""
+    try:
+        text = paths.PREDICTIONS_FILE.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        return compare.Predictions.from_csv(text, lineage.data_hash())
+    except ValueError as e:
+        raise ArtifactError(f"{paths.PREDICTIONS_FILE}: {e}; rerun `dvc repro evaluate`") from e
 
 
 def evaluate(params: Params, metrics: Mapping[str, float], client: MlflowClient | None) -> Decision:
     """Judge ``metrics`` against params.yaml's thresholds and the champion in ``client``'s registry."""
-    champion = find_champion(client, params.package.model_name) if client is not None else None
-    return decide(metrics, params.gate, champion)
+    significant = params.gate.regression_test == "significant"
+    champion = (
+        find_champion(client, params.package.model_name, with_predictions=significant)
+        if client is not None
+        else None
+    )
+    candidate = candidate_predictions() if significant and champion is not None else None
+    return decide(metrics, params.gate, champion, candidate)
 
 
 def checkout_version(client: MlflowClient, name: str) -> str:

@@ -277,6 +277,7 @@ def register(
         for report in (
             paths.METRICS_FILE,
             paths.PER_CLASS_FILE,
+            paths.PREDICTIONS_FILE,
             paths.CONFUSION_PNG,
             paths.MISCLASSIFIED_PNG,
         ):

@@ -101,6 +101,10 @@ class GateParams(_Section):
     min_test_macro_f1: Score = 0.95
     # largest drop in test_accuracy allowed against the registered champion
     max_regression: Score = 0.005
+    # how a drop against the champion is judged: `threshold` fails any drop above
+    # max_regression; `significant` fails only a drop that is significant at the 5 % level
+    # (McNemar's exact test on both models' test predictions; docs/ci.md)
+    regression_test: Literal["threshold", "significant"] = "threshold"
 
 
 class Params(_Section):

@@ -1,9 +1,12 @@
 """`mlpipe report`: a markdown report for reviewers comparing the workspace with a git revision.
 
-It holds the verdict (headline metric old → new and the gate's decision), DVC's metrics and
-params diffs, and PNG figures old vs new (training curves, confusion matrices) in a folder
-beside the report, linked by relative path. The revision's files are read with `git show`:
-the metrics and plot files are small and committed (`cache: false` in dvc.yaml).
+It holds the verdict (headline metric old → new and the gate's decision), whether the change
+is signal or noise (mlpipe.compare on both sides' test predictions), DVC's metrics and params
+diffs, per-class changes, the examples that changed verdict, what the model costs to serve
+(mlpipe.cost, both packages timed in this run), and PNG figures old vs new (training curves,
+confusion matrices) in a folder beside the report, linked by relative path. The revision's
+files are read with `git show`: the metrics and plot files are small and committed
+(`cache: false` in dvc.yaml); its package comes from DVC (the cache, else the remote).
 """
 
 from __future__ import annotations
@@ -13,18 +16,25 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from mlpipe import atomic, gate, paths, plots
+from mlpipe import atomic, compare, cost, gate, paths, plots
+from mlpipe.data import read_schema, read_split
 from mlpipe.errors import MlpipeError
 from mlpipe.params import load_params
 
 WORKSPACE = "workspace"
 CURVES_PNG = "training_curves.png"
+NOW_WRONG_PNG = "now_wrong.png"
+NOW_RIGHT_PNG = "now_right.png"
+# the most examples of each direction drawn in the changed-verdict grids
+CHANGED_SHOWN = 24
 
 
 class ReportError(MlpipeError):
@@ -40,6 +50,8 @@ class Side:
     history: str | None
     predictions: str | None
     per_class: str | None
+    # DVC's hash of data/prepared in dvc.lock: which test split the predictions are on
+    data_hash: str | None
 
 
 def _command(*args: str) -> subprocess.CompletedProcess[str]:
@@ -88,6 +100,7 @@ def base_side(rev: str) -> Side:
         history=_git_file(rev, paths.TRAIN_HISTORY_FILE),
         predictions=_git_file(rev, paths.PREDICTIONS_FILE),
         per_class=_git_file(rev, paths.PER_CLASS_FILE),
+        data_hash=locked_hash(_git_file(rev, paths.DVC_LOCK), paths.PREPARED_DIR),
     )
 
 
@@ -99,7 +112,21 @@ def workspace_side(metrics: dict[str, float]) -> Side:
         history=_workspace_file(paths.TRAIN_HISTORY_FILE),
         predictions=_workspace_file(paths.PREDICTIONS_FILE),
         per_class=_workspace_file(paths.PER_CLASS_FILE),
+        data_hash=locked_hash(_workspace_file(paths.DVC_LOCK), paths.PREPARED_DIR),
     )
+
+
+def locked_hash(lock_text: str | None, out: Path) -> str | None:
+    """The hash dvc.lock (its text) records for the output ``out``; None when it has none."""
+    try:
+        lock = yaml.safe_load(lock_text or "") or {}
+    except yaml.YAMLError:
+        return None
+    for stage in (lock.get("stages") or {}).values() if isinstance(lock, dict) else ():
+        for entry in stage.get("outs") or []:
+            if entry.get("path") == out.as_posix() and entry.get("md5"):
+                return f"md5:{entry['md5']}"
+    return None
 
 
 def _rows(table: str | None) -> list[dict[str, str]]:
@@ -185,6 +212,172 @@ def _confusion_matrices(folder: Path, link: str, sides: Mapping[str, Side]) -> l
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(images) + " |"]
 
 
+def predictions(side: Side) -> compare.Predictions | None:
+    """The side's test predictions; None when it has none. A malformed file is an error."""
+    if not side.predictions:
+        return None
+    try:
+        return compare.Predictions.from_csv(side.predictions, side.data_hash)
+    except ValueError as e:
+        raise ReportError(f"{paths.PREDICTIONS_FILE} at {side.label}: {e}; rerun `dvc repro evaluate`") from e
+
+
+def significance(result: compare.Comparison | None, base: Side) -> str:
+    """One line: is the accuracy change significant at the 5 % level, or within noise?"""
+    if result is None:
+        return f"**Signal or noise:** no {paths.PREDICTIONS_FILE} on `{base.label}` to compare with."
+    interval = result.interval
+    bounds = f"95 % interval for the change [{interval.low:+.4f}, {interval.high:+.4f}] ({interval.method})"
+    change = f"the change ({result.change:+.4f})"
+    if result.p_value is None:
+        verdict_text = (
+            "is significant at the 5 % level: the interval excludes 0"
+            if result.significant
+            else "is within noise: the interval includes 0"
+        )
+        return (
+            f"**Signal or noise:** a paired comparison is not possible: {result.unpaired_reason}. "
+            f"{change.capitalize()} {verdict_text}; {bounds}."
+        )
+    verdict_text = (
+        f"is significant at the 5 % level ({compare.p_text(result.p_value)})"
+        if result.significant
+        else f"is within noise ({compare.p_text(result.p_value)})"
+    )
+    return (
+        f"**Signal or noise:** {change} {verdict_text}: McNemar's exact test on the "
+        f"{result.now_wrong + result.now_right} test examples the models disagree on "
+        f"({result.now_wrong} right → wrong, {result.now_right} wrong → right); {bounds}."
+    )
+
+
+def _scores(side: Side) -> dict[str, tuple[float, float, float]]:
+    return {
+        row["class"]: (float(row["precision"]), float(row["recall"]), float(row["f1"]))
+        for row in _rows(side.per_class)
+    }
+
+
+def _old_new(old: float | None, new: float | None) -> str:
+    return " → ".join("-" if value is None else f"{value:.4f}" for value in (old, new))
+
+
+def per_class_table(base: Side, workspace: Side) -> list[str]:
+    """Precision, recall and F1 per class old → new, the classes whose F1 moved most first."""
+    changes = compare.class_changes(_scores(base), _scores(workspace))
+    if not changes:
+        return [f"No {paths.PER_CLASS_FILE} on either side."]
+    lines = [
+        f"`{base.label}` → {workspace.label}, the classes whose F1 moved most first.",
+        "",
+        "| Class | Precision | Recall | F1 | F1 change |",
+        "|---|---|---|---|---|",
+    ]
+    for change in changes:
+        old, new = change.old or (None,) * 3, change.new or (None,) * 3
+        cells = [_old_new(o, n) for o, n in zip(old, new, strict=True)]
+        delta = f"{new[2] - old[2]:+.4f}" if change.old and change.new else "-"
+        lines.append(f"| {change.name} | {' | '.join(cells)} | {delta} |")
+    return lines
+
+
+def changed_examples(
+    folder: Path,
+    link: str,
+    old: compare.Predictions | None,
+    new: compare.Predictions | None,
+    result: compare.Comparison | None,
+) -> list[str]:
+    """Grids of the test images that went right → wrong and wrong → right (paired only)."""
+    if old is None or new is None or result is None or not result.paired:
+        return ["Not shown: the two sides' test examples cannot be paired."]
+    actual = new.actual
+    now_wrong, now_right = compare.changed_verdicts(actual, old.predicted, new.predicted)
+    lines = [f"{len(now_wrong)} right → wrong, {len(now_right)} wrong → right."]
+    if not now_wrong and not now_right:
+        return lines
+    try:
+        schema = read_schema()
+        test = read_split("test", schema=schema)
+    except MlpipeError as e:
+        return [*lines, "", f"Images unavailable: {e}"]
+    if [schema.classes[label] for label in test.labels] != list(actual):
+        return [
+            *lines,
+            "",
+            f"Images unavailable: {paths.PREPARED_DIR} does not hold these predictions' test split.",
+        ]
+    for indices, file, title, shown_prediction in (
+        (now_wrong, NOW_WRONG_PNG, "right → wrong (true → new prediction)", new.predicted),
+        (now_right, NOW_RIGHT_PNG, "wrong → right (true → old prediction)", old.predicted),
+    ):
+        if not indices:
+            continue
+        chosen = indices[:CHANGED_SHOWN]
+        plots.misclassified_png(
+            folder / file,
+            test.images[chosen],
+            [actual[i] for i in chosen],
+            [shown_prediction[i] for i in chosen],
+            CHANGED_SHOWN,
+        )
+        more = f", first {CHANGED_SHOWN} of {len(indices)}" if len(indices) > CHANGED_SHOWN else ""
+        lines += ["", f"**{title}**{more}:", "", f"![{title}]({link}/{file})"]
+    return lines
+
+
+def _base_package(commit: str, dest: Path) -> str | None:
+    """Fetch ``commit``'s models/package into ``dest`` (DVC cache, else remote); None if done,
+    else why not."""
+    from dvc.exceptions import DvcException
+    from dvc.fs import DVCFileSystem
+
+    try:
+        DVCFileSystem(url=".", rev=commit).get(paths.PACKAGE_DIR.as_posix(), str(dest), recursive=True)
+    except FileNotFoundError as e:
+        return f"not in the DVC cache or remote: {e}"
+    except (DvcException, OSError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def cost_table(base_label: str, base_commit: str) -> list[str]:
+    """Parameters, package size and ONNX Runtime latency of both packages, measured now."""
+    if not paths.PACKAGE_DIR.is_dir():
+        return [f"Unavailable: no package in {paths.PACKAGE_DIR}; run `dvc repro` first."]
+    with tempfile.TemporaryDirectory(prefix="mlpipe-report-") as tmp:
+        base_dir = Path(tmp) / "base"
+        missing = _base_package(base_commit, base_dir)
+        dirs = {WORKSPACE: paths.PACKAGE_DIR} | ({} if missing else {"base": base_dir})
+        try:
+            costs = cost.measure(dirs)
+        except MlpipeError as e:
+            return [f"Unavailable: {e}"]
+    new, old = costs[WORKSPACE], costs.get("base")
+    rows: list[tuple[str, str, Callable[[cost.Cost], float]]] = [
+        ("parameters", "{:,.0f}", lambda c: c.parameters),
+        ("package size (kB)", "{:,.1f}", lambda c: c.package_bytes / 1000),
+        ("latency, 1 image (ms, median)", "{:.3f}", lambda c: c.single_ms),
+        (f"latency, batch of {new.batch_size} (ms, median)", "{:.3f}", lambda c: c.batch_ms),
+    ]
+    lines = [
+        "ONNX Runtime (CPU), both packages in this run on this machine, alternating round by round.",
+        "",
+        f"| | {base_label} | {WORKSPACE} | Ratio |",
+        "|---|---|---|---|",
+    ]
+    for name, number, value in rows:
+        shown_old = number.format(value(old)) if old else "-"
+        ratio = f"{value(new) / value(old):.2f}×" if old and value(old) else "-"
+        lines.append(f"| {name} | {shown_old} | {number.format(value(new))} | {ratio} |")
+    if missing:
+        lines += [
+            "",
+            f"The package of `{base_label}` is unavailable ({missing}): only the workspace's is shown.",
+        ]
+    return lines
+
+
 def write_report(base: str, out: Path) -> str:
     """Write the report comparing the workspace with revision ``base`` to ``out``; return the verdict.
 
@@ -200,17 +393,27 @@ def write_report(base: str, out: Path) -> str:
     decision = gate.evaluate(params, metrics, gate.registry())
     metrics_diff, params_diff = _dvc_diff("metrics", base), _dvc_diff("params", base)
     summary = verdict(old, new, decision)
+    old_predictions, new_predictions = predictions(old), predictions(new)
+    result = (
+        compare.compare_predictions(old_predictions, new_predictions)
+        if old_predictions and new_predictions
+        else None
+    )
 
     folder = out.with_suffix("")
     with atomic.replace_dir(folder) as staging:
         curves = _curves(staging, folder.name, [old, new])
         matrices = _confusion_matrices(staging, folder.name, {"base": old, WORKSPACE: new})
+        changed = changed_examples(staging, folder.name, old_predictions, new_predictions, result)
+    costs = cost_table(base, base_commit)
     lines = [
         "# Model report",
         "",
         f"The {WORKSPACE} at `{head}` compared with `{base}` (`{base_commit[:7]}`).",
         "",
         summary,
+        "",
+        significance(result, old),
         "",
         *_gate_lines(decision),
         "",
@@ -222,6 +425,14 @@ def write_report(base: str, out: Path) -> str:
         "",
         params_diff or "No param changed.",
         "",
+        "## Per-class changes (test split)",
+        "",
+        *per_class_table(old, new),
+        "",
+        "## Cost",
+        "",
+        *costs,
+        "",
         "## Training curves",
         "",
         *curves,
@@ -229,6 +440,10 @@ def write_report(base: str, out: Path) -> str:
         "## Confusion matrix (test split)",
         "",
         *matrices,
+        "",
+        "## Examples that changed verdict",
+        "",
+        *changed,
         "",
     ]
     atomic.write_text(out, "\n".join(lines))

@@ -194,6 +194,7 @@ def test_report_compares_with_the_target_branch_and_cml_posts_it(preview: dict[s
     assert preview["report"]["script"] == [
         'TARGET="$CI_MERGE_REQUEST_TARGET_BRANCH_NAME"',
         'git fetch --quiet origin "+refs/heads/$TARGET:refs/remotes/origin/$TARGET"',
+        "dvc pull data/prepared",
         'mlpipe report --base "origin/$TARGET" --out reports/report.md',
     ]
     assert preview["report"]["artifacts"]["paths"] == ["reports/report.md", "reports/report/"]
