@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 BRANCH_PREFIX = "retrain/data-"
 VERSION_LENGTH = 12
 LOCK_FILE = Path(".dvc/tmp/mlpipe-retrain.lock")
-REPORT_FILE = paths.REPORTS_DIR / "retrain-report.md"
+# where `mlpipe report` writes by default (gitignored, with its figures beside it)
+REPORT_FILE = paths.REPORTS_DIR / "report.md"
 COMMAND_TIMEOUT_S = 6 * 3600
 _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 
@@ -257,6 +258,8 @@ def run(params: Params, base: str = "main", remote: str = "origin", gitlab: GitL
         _dvc(f"`dvc update {target}`", "update", str(target))
         after = Import.read(target)
         if after.version == before.version:
+            # a DVC that formats the file differently rewrote it: put the committed bytes back
+            _git(f"restoring {target}", "checkout", "--quiet", "--", str(target))
             return Outcome(
                 Status.UNCHANGED, f"no new data: {target.with_suffix('')} is still version {before.version}"
             )

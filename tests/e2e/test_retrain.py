@@ -365,3 +365,20 @@ def test_a_second_run_for_the_same_data_does_nothing(
     assert branches(setup.origin) == before
     assert len(gitlab.posts()) == posts
     assert_checkout_is_main(setup, retrained.main)
+
+
+def test_another_checkout_finds_the_branch_and_does_not_retrain(
+    setup: Setup, retrained: Retrained, gitlab: FakeGitLab
+) -> None:
+    # as a second CI job would: a fresh clone beside the first, sharing its DVC remotes
+    clone = setup.project.parent / "clone"
+    run("git", "clone", "-q", str(setup.origin), str(clone), cwd=setup.project.parent)
+    before, posts = branches(setup.origin), len(gitlab.posts())
+    result = run("mlpipe", "retrain", cwd=clone, env=setup.env, check=False)
+    assert result.returncode == 0, result.stderr
+    expected = f"this data version was retrained before: branch {retrained.branch} exists"
+    assert result.stdout.startswith(expected)
+    assert "dvc repro" not in result.stderr
+    assert branches(setup.origin) == before
+    assert len(gitlab.posts()) == posts
+    assert git(clone, "status", "--porcelain", "--untracked-files=no") == ""
