@@ -171,9 +171,10 @@ def _start_point() -> tuple[str, str]:
 def _require_clean() -> None:
     changed = _git("checking the work tree", "status", "--porcelain", "--untracked-files=no")
     if changed:
+        files = "; ".join(line.strip() for line in changed.splitlines())
         raise RetrainError(
-            "the work tree has uncommitted changes; retrain commits only its own: commit or stash "
-            "first:\n" + changed
+            f"the work tree has uncommitted changes ({files}); retrain commits only its own: "
+            "commit or stash them first"
         )
 
 

@@ -84,3 +84,28 @@ def test_gitlab_settings_come_from_the_ci_environment() -> None:
     assert GitLab.from_env(env) == GitLab("https://gitlab.example.com/api/v4", "42", "x")
     with pytest.raises(GitLabError, match=r"^CI_PROJECT_ID, GITLAB_TOKEN not set"):
         GitLab.from_env({"CI_API_V4_URL": "https://gitlab.example.com/api/v4"})
+
+
+def test_uncommitted_changes_stop_retrain_before_it_touches_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    from mlpipe import retrain
+
+    (tmp_path / "data/raw").mkdir(parents=True)
+    write(tmp_path / "data/raw/digits.dvc", IMPORT)
+    (tmp_path / "params.yaml").write_text("data: {dataset: imagefolder, source: data/raw/digits}\n")
+    for args in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+    ):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    (tmp_path / "params.yaml").write_text("data: {dataset: imagefolder, source: data/raw/digits, seed: 1}\n")
+    monkeypatch.chdir(tmp_path)
+    params = parse_params({"data": {"dataset": "imagefolder", "source": "data/raw/digits"}})
+    with pytest.raises(RetrainError, match=r"uncommitted changes \(M params\.yaml\)") as raised:
+        retrain.run(params)
+    assert "\n" not in str(raised.value)
+    assert (tmp_path / "data/raw/digits.dvc").read_text() == yaml.safe_dump(IMPORT)
