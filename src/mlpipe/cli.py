@@ -280,6 +280,24 @@ def tune_trial(
         typer.echo(line)
 
 
+def retrain(
+    base: Annotated[str, typer.Option(help="Branch the merge request targets (never committed to).")] = (
+        "main"
+    ),
+    remote: Annotated[str, typer.Option(help="Git remote the new branch is pushed to.")] = "origin",
+    merge_request: Annotated[
+        bool,
+        typer.Option(help="Open a merge request (needs CI_API_V4_URL, CI_PROJECT_ID, GITLAB_TOKEN)."),
+    ] = True,
+) -> None:
+    """If the imported raw data changed upstream: retrain, push a branch and open a merge request."""
+    from mlpipe import retrain as retraining
+    from mlpipe.gitlab import GitLab
+
+    gitlab = GitLab.from_env() if merge_request else None
+    typer.echo(retraining.run(load_params(), base=base, remote=remote, gitlab=gitlab).message)
+
+
 def _run_stage(module: str) -> None:
     params = load_params()
     numerics.pin(params.train.numerics)

@@ -123,7 +123,7 @@ def script(job: dict[str, Any]) -> str:
 
 def test_every_job_parses_and_its_script_is_valid_shell(preview: dict[str, Any], tmp_path: Path) -> None:
     jobs = {name: job for name, job in preview.items() if isinstance(job, dict) and "script" in job}
-    assert set(jobs) == set(MAIN_DAG) | set(MERGE_REQUEST_DAG)
+    assert set(jobs) == set(MAIN_DAG) | set(MERGE_REQUEST_DAG) | {"retrain"}
     for name, job in jobs.items():
         file = tmp_path / f"{name}.sh"
         file.write_text(script(job))
@@ -151,7 +151,8 @@ def test_no_job_of_a_merge_request_deploys_or_promotes(
     for name in merge_request:
         assert "environment" not in preview[name], name
         assert "kubectl" not in script(preview[name]), name
-    merge_request_rule, main_rule = preview["gate"]["rules"]
+    not_in_retrain, merge_request_rule, main_rule = preview["gate"]["rules"]
+    assert not_in_retrain["when"] == "never"
     assert merge_request_rule == {"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}
     assert main_rule["variables"] == {"GATE_FLAGS": "--promote"}
     assert preview["gate"]["script"] == ["mlpipe gate $GATE_FLAGS"]
@@ -186,8 +187,9 @@ def test_repro_runs_the_pipeline_on_the_gpu_runner(preview: dict[str, Any]) -> N
     assert [cache["paths"] for cache in repro["cache"]] == [[".dvc/cache"]]
 
 
-def test_only_repro_asks_for_the_gpu_runner(preview: dict[str, Any]) -> None:
-    assert [name for name, job in preview.items() if isinstance(job, dict) and job.get("tags")] == ["repro"]
+def test_only_repro_and_retrain_ask_for_the_gpu_runner(preview: dict[str, Any]) -> None:
+    tagged = [name for name, job in preview.items() if isinstance(job, dict) and job.get("tags")]
+    assert tagged == ["repro", "retrain"]
 
 
 def test_report_compares_with_the_target_branch_and_cml_posts_it(preview: dict[str, Any]) -> None:
@@ -239,3 +241,48 @@ def test_workflow_runs_merge_request_and_main_pipelines_only(preview: dict[str, 
         {"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'},
         {"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"},
     ]
+
+
+# Retrain pipelines, as GitLab starts them on main: a pipeline schedule, a trigger token
+# (the drift alert's webhook) and another project's pipeline.
+RETRAIN_SOURCES = ("schedule", "trigger", "pipeline")
+
+
+def on_main(source: str) -> tuple[str, ...]:
+    return ("--variable", f"CI_PIPELINE_SOURCE={source}", "--variable", "CI_COMMIT_BRANCH=main")
+
+
+@pytest.mark.parametrize("source", RETRAIN_SOURCES)
+def test_a_schedule_or_trigger_pipeline_runs_retrain_alone(
+    gitlab_ci_local: str, ci_repo: Path, source: str
+) -> None:
+    jobs = pipeline(gitlab_ci_local, ci_repo, on_main(source))
+    assert list(jobs) == ["retrain"]
+    assert jobs["retrain"]["when"] == "on_success"
+
+
+@pytest.mark.parametrize(
+    "variables", [MERGE_REQUEST, MAIN, FEATURE_PUSH, on_main("web"), on_main("api")], ids=str
+)
+def test_other_pipelines_do_not_retrain(
+    gitlab_ci_local: str, ci_repo: Path, variables: tuple[str, ...]
+) -> None:
+    assert "retrain" not in pipeline(gitlab_ci_local, ci_repo, variables)
+
+
+def test_a_schedule_on_another_branch_runs_nothing(gitlab_ci_local: str, ci_repo: Path) -> None:
+    variables = ("--variable", "CI_PIPELINE_SOURCE=schedule", "--variable", "CI_COMMIT_BRANCH=feature")
+    assert pipeline(gitlab_ci_local, ci_repo, variables) == {}
+
+
+def test_retrain_runs_one_at_a_time_on_the_gpu_runner_with_the_project_token(preview: dict[str, Any]) -> None:
+    job = preview["retrain"]
+    assert job["resource_group"] == "retrain"
+    assert job["interruptible"] is False
+    assert job["tags"] == ["gpu"]
+    assert job["needs"] == []
+    assert job["variables"] == {"GITLAB_TOKEN": "$REPO_TOKEN"}
+    assert job["script"][-1] == 'mlpipe retrain --base "$CI_DEFAULT_BRANCH"'
+    assert "$GITLAB_TOKEN" not in job["script"][-1]
+    # the token is read at push time, never written into the checkout's git config
+    assert not [line for line in job["script"] if "set-url" in line and "GITLAB_TOKEN" in line]
