@@ -64,6 +64,13 @@ def prepare() -> None:
 @app.command()
 def train() -> None:
     """Train the CNN; write models/model.pt and the training history and metrics."""
+    from mlpipe import distributed
+    from mlpipe.train import select_device
+
+    train_params = load_params().train
+    # train.nproc_per_node > 1: run this same command under torchrun, one process per rank.
+    device = select_device(train_params.device)
+    distributed.relaunch_if_requested(train_params.nproc_per_node, device, ["train"])
     _run_stage("train")
 
 

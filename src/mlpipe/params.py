@@ -71,6 +71,8 @@ class TrainParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     compile: bool = False
+    # processes on this node; > 1 runs data-parallel under torchrun (batch_size stays global)
+    nproc_per_node: Annotated[int, Field(ge=1, le=64)] = 1
 
 
 class EvaluateParams(_Section):
