@@ -165,6 +165,26 @@ def model_uri(
     typer.echo(gating.package_uri(gating.require_registry(), load_params().package.model_name, alias))
 
 
+kfp_app = typer.Typer(help="dvc.yaml's stages as a Kubeflow Pipeline.", no_args_is_help=True)
+app.add_typer(kfp_app, name="kfp")
+
+
+@kfp_app.command("compile")
+def kfp_compile(
+    out: Annotated[Path, typer.Option(help="Where to write the compiled pipeline (KFP IR YAML).")] = Path(
+        "pipeline.yaml"
+    ),
+    image: Annotated[str, typer.Option(help="The train image every task runs in.")] = (
+        "registry.example.com/mlpipe/train:latest"
+    ),
+) -> None:
+    """Compile dvc.yaml into a Kubeflow Pipeline: one task per stage, in dvc.yaml's order."""
+    from mlpipe import kfp_pipeline
+
+    kfp_pipeline.compile_pipeline(out, paths.DVC_YAML, image)
+    typer.echo(f"wrote {out}")
+
+
 def _run_stage(module: str) -> None:
     params = load_params()
     importlib.import_module(f"mlpipe.{module}").run(params)
