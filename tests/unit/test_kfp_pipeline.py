@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import shutil
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 import yaml
 
 from mlpipe.kfp_pipeline import compile_pipeline, read_stages
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, require
 
-pytest.importorskip("kfp")
+
+@pytest.fixture(autouse=True)
+def _kfp() -> None:
+    require(find_spec("kfp") is not None, "the kfp SDK (the `kfp` extra)")
 
 
 def compiled_dag(dvc_yaml: Path, tmp_path: Path) -> dict[str, tuple[str, list[str]]]:
