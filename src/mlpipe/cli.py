@@ -14,7 +14,7 @@ import typer
 
 from mlpipe import numerics, paths
 from mlpipe.errors import MlpipeError
-from mlpipe.params import load_params
+from mlpipe.params import Params, load_params
 
 app = typer.Typer(
     name="mlpipe",
@@ -64,7 +64,14 @@ def prepare() -> None:
 @app.command()
 def train() -> None:
     """Train the CNN; write models/model.pt and the training history and metrics."""
-    _run_stage("train")
+    params = _pinned_params()
+    from mlpipe import distributed
+    from mlpipe.train import select_device
+
+    # train.nproc_per_node > 1: run this same command under torchrun, one process per rank.
+    device = select_device(params.train.device)
+    distributed.relaunch_if_requested(params.train.nproc_per_node, device, ["train"])
+    _run_stage("train", params)
 
 
 @app.command()
@@ -298,9 +305,35 @@ def retrain(
     typer.echo(retraining.run(load_params(), base=base, remote=remote, gitlab=gitlab).message)
 
 
-def _run_stage(module: str) -> None:
+kfp_app = typer.Typer(help="dvc.yaml's stages as a Kubeflow Pipeline.", no_args_is_help=True)
+app.add_typer(kfp_app, name="kfp")
+
+
+@kfp_app.command("compile")
+def kfp_compile(
+    out: Annotated[Path, typer.Option(help="Where to write the compiled pipeline (KFP IR YAML).")] = Path(
+        "pipeline.yaml"
+    ),
+    image: Annotated[str, typer.Option(help="The train image every task runs in.")] = (
+        "registry.example.com/mlpipe/train:latest"
+    ),
+) -> None:
+    """Compile dvc.yaml into a Kubeflow Pipeline: one task per stage, in dvc.yaml's order."""
+    from mlpipe import kfp_pipeline
+
+    kfp_pipeline.compile_pipeline(out, paths.DVC_YAML, image)
+    typer.echo(f"wrote {out}")
+
+
+def _pinned_params() -> Params:
+    """params.yaml, with the numerics it asks for pinned (before anything imports torch)."""
     params = load_params()
     numerics.pin(params.train.numerics)
+    return params
+
+
+def _run_stage(module: str, params: Params | None = None) -> None:
+    params = params or _pinned_params()
     stage = importlib.import_module(f"mlpipe.{module}")
     if "torch" in sys.modules:
         numerics.configure_torch(params.train.numerics)

@@ -76,6 +76,8 @@ class TrainParams(_Section):
     deterministic: bool = True
     # portable: the same bytes on any x86-64 CPU with AVX2 (src/mlpipe/numerics.py); native: fastest
     numerics: Literal["portable", "native"] = "portable"
+    # processes on this node; > 1 runs data-parallel under torchrun (batch_size stays global)
+    nproc_per_node: Annotated[int, Field(ge=1, le=64)] = 1
 
 
 class EvaluateParams(_Section):

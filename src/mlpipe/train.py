@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mlpipe import atomic, lineage, paths, tracking
+from mlpipe import atomic, distributed, lineage, paths, tracking
 from mlpipe.data import LabeledImages, read_schema, read_split
 from mlpipe.errors import MlpipeError
 from mlpipe.model import Checkpoint, ConvNet, predict_logits, save_checkpoint
@@ -81,23 +81,27 @@ def fit(
     device: torch.device,
     generator: torch.Generator,
     on_epoch: callable,  # type: ignore[valid-type]
+    world: distributed.World = distributed.SINGLE_PROCESS,
 ) -> list[dict[str, float]]:
-    """The training loop: shuffled mini-batches, AdamW, cosine schedule; returns the history."""
+    """The training loop: shuffled mini-batches, AdamW, cosine schedule; returns the history.
+    Under torchrun `train` is this rank's shard and the history covers all ranks."""
+    batch_size = world.local_batch_size(params.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    steps_per_epoch = -(-len(train.labels) // params.batch_size)
+    steps_per_epoch = -(-len(train.labels) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=params.lr, total_steps=params.epochs * steps_per_epoch, pct_start=0.15
     )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
     amp = params.amp and device.type == "cuda"
-    step_model = torch.compile(model) if params.compile else model
+    step_model = world.wrap(model, device)
+    step_model = torch.compile(step_model) if params.compile else step_model
     history = []
     for epoch in range(1, params.epochs + 1):
         model.train()
         order = torch.randperm(len(train.labels), generator=generator).to(device)
         seen, loss_sum, correct = 0, torch.zeros((), device=device), torch.zeros((), device=device)
         batches = tqdm(
-            order.split(params.batch_size),
+            order.split(batch_size),
             desc=f"epoch {epoch}/{params.epochs}",
             unit="batch",
             leave=False,
@@ -118,6 +122,8 @@ def fit(
             seen += len(batch)
             loss_sum += loss.detach() * len(batch)
             correct += (logits.argmax(1) == labels).sum()
+        seen_all, loss_sum, correct = world.sum(torch.tensor(float(seen), device=device), loss_sum, correct)
+        seen = int(seen_all)
         val_loss, val_accuracy = _score(model, val, loss_fn, max(params.batch_size, 1024))
         record = {
             "epoch": epoch,
@@ -142,19 +148,26 @@ def _history_csv(history: list[dict[str, float]]) -> str:
 
 
 def run(params: Params) -> None:
-    """Train on data/prepared/ and write the checkpoint, the history and the final metrics."""
+    """Train on data/prepared/ and write the checkpoint, the history and the final metrics;
+    under torchrun, as one rank of a data-parallel run (see mlpipe.distributed)."""
+    with distributed.process_group(select_device(params.train.device)) as (world, device):
+        _run(params, world, device)
+
+
+def _run(params: Params, world: distributed.World, device: torch.device) -> None:
     schema = read_schema()
-    device = select_device(params.train.device)
     preprocessing = Preprocessing(schema.pixel_max, schema.pixel_mean, schema.pixel_std)
     train_split, val_split = read_split("train", schema=schema), read_split("val", schema=schema)
-    # Check the tracking server before spending time on training.
-    mlflow_client = tracking.client()
-    tracking.close_abandoned_runs(mlflow_client)
-    origin = lineage.current(params.digest("data", "model", "train"))
+    if world.is_main:  # rank 0 alone tracks and writes outputs
+        # Check the tracking server before spending time on training.
+        mlflow_client = tracking.client()
+        tracking.close_abandoned_runs(mlflow_client)
+        origin = lineage.current(params.digest("data", "model", "train"))
 
-    generator = seed_everything(params.train.seed, device, params.train.deterministic)
+    generator = seed_everything(params.train.seed + world.rank, device, params.train.deterministic)
     model = ConvNet(params.model, schema.image_shape, len(schema.classes)).to(device)
     train_data = Tensors.of(train_split, preprocessing, device)
+    train_data = Tensors(*world.shard(train_data.inputs, train_data.labels))
     val_data = Tensors.of(val_split, preprocessing, device)
     log.info(
         "training on %s: %d train / %d val examples, %d parameters",
@@ -163,6 +176,10 @@ def run(params: Params) -> None:
         len(val_split),
         sum(p.numel() for p in model.parameters()),
     )
+
+    if not world.is_main:
+        fit(model, train_data, val_data, params.train, device, generator, lambda _: None, world)
+        return
 
     run_name = origin.dvc_experiment or f"train-{origin.git_commit[:8]}"
     with tracking.run(mlflow_client, run_name=run_name, tags=tracking.lineage_tags(origin)) as run_id:
@@ -186,7 +203,7 @@ def run(params: Params) -> None:
             epoch_log.add(int(record["epoch"]), {k: v for k, v in record.items() if k != "epoch"})
             report_epoch(record)  # a no-op unless `mlpipe tune` runs this training as a trial
 
-        history = fit(model, train_data, val_data, params.train, device, generator, on_epoch)
+        history = fit(model, train_data, val_data, params.train, device, generator, on_epoch, world)
         epoch_log.flush()
         seconds = time.perf_counter() - started
 
@@ -208,6 +225,8 @@ def run(params: Params) -> None:
             digest = tracking.checkpoint_digest(staged[paths.CHECKPOINT_FILE])
             mlflow_client.set_tag(run_id, tracking.CHECKPOINT_TAG, digest)
             mlflow_client.set_tag(run_id, tracking.TAG_PREFIX + "device", str(device))
+            mlflow_client.set_tag(run_id, tracking.TAG_PREFIX + "world_size", str(world.size))
+            mlflow_client.set_tag(run_id, tracking.TAG_PREFIX + "backend", world.backend or "none")
             tracking.log_metrics(
                 mlflow_client,
                 run_id,
