@@ -21,6 +21,8 @@ import pytest
 
 from mlpipe import drift
 from mlpipe.serving.local import LocalServer
+from mlpipe.serving.model_package import read_package
+from mlpipe.serving.server import default_max_body_bytes
 from tests.conftest import require, run
 from tests.model.serving_cases import PACKAGE, Spec, prepared_test_images, v2_body
 from tests.monitoring import RULES_FILE, exported_names, short_rules, used_metric_names
@@ -155,6 +157,32 @@ def test_refused_requests_are_counted_by_reason(
             response = client.post(f"/v2/models/{spec.model_name}/infer", json=wrong_shape)
             assert response.status_code == 400, response.text
     eventually(lambda: value(prometheus, reason) == (before or 0) + 3, "Prometheus counting the 400s")
+
+
+def test_refusals_before_the_model_are_counted_by_reason(
+    server: LocalServer, prometheus: str, built_project: Path
+) -> None:
+    spec = Spec.of(built_project)
+    limit = default_max_body_bytes(read_package(built_project / PACKAGE).input)
+    refusals = {
+        "body": (400, {"content-type": "application/json"}, b'{"inputs": '),
+        "content_type": (400, {"content-type": "text/plain"}, b"1 2 3"),
+        "body_too_large": (413, {"content-type": "application/json"}, b" " * (limit + 1)),
+    }
+    before = {r: value(prometheus, f'mlpipe_rejected_requests_total{{reason="{r}"}}') for r in refusals}
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for status, headers, body in refusals.values():
+            response = client.post(f"/v2/models/{spec.model_name}/infer", content=body, headers=headers)
+            assert response.status_code == status, response.text
+            assert response.json()["error"]
+
+    def counted() -> bool:
+        return all(
+            value(prometheus, f'mlpipe_rejected_requests_total{{reason="{r}"}}') == (before[r] or 0) + 1
+            for r in refusals
+        )
+
+    eventually(counted, "Prometheus counting the refusals the edge answers before the model")
 
 
 def test_mlpipe_drift_passes_the_test_split_and_fails_a_shifted_copy(built_project: Path) -> None:

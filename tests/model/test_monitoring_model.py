@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from mlpipe import drift
 from mlpipe.errors import ArtifactError
 from mlpipe.package_spec import PROFILE_FILE
+from mlpipe.serving.edge import MONITOR_KEY, reject
 from mlpipe.serving.server import ImageClassifier
 from tests.model.serving_cases import PACKAGE, infer_request, prepared_test_images, v2_body
 
@@ -50,9 +51,12 @@ def test_predict_counts_requests_images_and_refusals(built_project: Path) -> Non
     images = prepared_test_images(built_project)[:6]
     model.predict(infer_request(v2_body(images), model.name))
     model.predict({"instances": images[:1].tolist()})
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput) as refused:
         model.predict({"instances": []})
     assert count("mlpipe_requests_total") == 3
+    # A refusal is counted where it is answered, by the edge's reject, with the model's monitor.
+    assert count("mlpipe_rejected_requests_total", reason="batch_size") == 0
+    reject({MONITOR_KEY: model.monitor}, 400, str(refused.value), refused.value)
     assert count("mlpipe_rejected_requests_total", reason="batch_size") == 1
     assert count("mlpipe_failed_requests_total") == 0
     labels = {label: count("mlpipe_predictions_total", label=label) for label in model.package.labels}

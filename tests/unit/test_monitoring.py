@@ -3,6 +3,7 @@ metrics (mlpipe.serving.metrics), without a server: promtool, the CRD schemas, p
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from functools import cache
@@ -20,9 +21,9 @@ from prometheus_client import REGISTRY, generate_latest
 
 from mlpipe import drift
 from mlpipe.errors import MlpipeError
-from mlpipe.serving import metrics, server
+from mlpipe.serving import edge, metrics, server
 from mlpipe.serving.model_package import InputSpec
-from mlpipe.serving.validation import v1_images, v2_images
+from mlpipe.serving.validation import BadInput, v1_images, v2_images
 from tests.conftest import REPO_ROOT, require
 from tests.model.serving_cases import BAD_REQUEST_IDS, Spec, bad_request, infer_request
 from tests.monitoring import (
@@ -224,17 +225,43 @@ SPEC = Spec("pixels", 8, 8, 16, 4, list(LABELS), "model")
 @pytest.mark.parametrize("case_id", BAD_REQUEST_IDS)
 def test_every_refused_request_gets_a_named_reason(case_id: str) -> None:
     case = bad_request(SPEC, case_id)
-    spec = InputSpec(SPEC.name, SPEC.height, SPEC.width, SPEC.pixel_max, SPEC.max_batch_size)
+    spec = InputSpec(SPEC.name, SPEC.height, SPEC.width, SPEC.pixel_max, SPEC.max_batch_size, "UINT8")
     with pytest.raises(InvalidInput) as refused:
         if case.protocol == "v1":
             v1_images(case.body, spec)
         else:
             v2_images(infer_request(case.body, SPEC.model_name), spec)
-    assert metrics.rejection_reason(refused.value) in {name for name, _ in metrics.REJECTION_REASONS}
+    assert metrics.rejection_reason(refused.value) in set(metrics.REJECTION_REASONS)
 
 
 def test_unknown_refusal_is_counted_as_other() -> None:
     assert metrics.rejection_reason(InvalidInput("something new")) == metrics.OTHER_REASON
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        (404, "not_found"),
+        (405, "method_not_allowed"),
+        (413, "body_too_large"),
+        (503, "not_ready"),
+        (418, "other"),
+    ],
+)
+def test_refusals_without_an_input_problem_are_named_by_status(status: int, reason: str) -> None:
+    assert metrics.rejection_reason(None, status) == reason
+
+
+def test_reject_counts_in_the_scopes_monitor_and_nowhere_without_one() -> None:
+    monitor = metrics.ModelMonitor("unit-reject", LABELS, PROFILE, window=4)
+    problem = BadInput("datatype", "input 'pixels' has datatype BOOL; send UINT8 or FP32")
+    response = edge.reject({edge.MONITOR_KEY: monitor}, 400, str(problem), problem)
+    assert (response.status_code, json.loads(response.body)) == (400, {"error": str(problem)})
+    edge.reject({edge.MONITOR_KEY: monitor}, 413, "too large")
+    edge.reject({}, 400, str(problem), problem)  # --no-monitoring: refused, not counted
+    assert sample("mlpipe_rejected_requests_total", "unit-reject", reason="datatype") == 1
+    assert sample("mlpipe_rejected_requests_total", "unit-reject", reason="body_too_large") == 1
+    assert sample("mlpipe_rejected_requests_total", "unit-reject", reason="other") == 0
 
 
 def test_monitoring_is_on_by_default_with_the_default_window() -> None:

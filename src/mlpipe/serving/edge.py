@@ -5,7 +5,8 @@ inference itself (decoding with `wire`, then KServe's dataplane and the model, s
 protocol types and Prometheus metrics stay in the path while FastAPI's middleware, routing and
 request model do not), gives model metadata the model's real version, and turns every refusal
 into the protocol's ``{"error": "..."}`` body through `reject`, the one place a request is
-refused. Every other route (health, V1, metrics, repository) is KServe's own.
+refused and so the one place refusals are counted (by a bounded reason) for monitoring. Every
+other route (health, V1, metrics, repository) is KServe's own.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from kserve.protocol.infer_type import InferResponse
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from mlpipe.serving.metrics import ModelMonitor, rejection_reason
 from mlpipe.serving.wire import decode_request, encode_response
 
 Scope = MutableMapping[str, Any]
@@ -38,13 +40,18 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("mlpipe.serving.access")
 ERROR_KEY = "mlpipe.error"  # where `reject` notes the refusal for the access line
+MONITOR_KEY = "mlpipe.monitor"  # the ModelMonitor `reject` counts refusals in (absent: not counted)
 BODY_METHODS = ("POST", "PUT", "PATCH")
 MAX_VALIDATION_ERRORS = 3
 
 
-def reject(scope: Scope, status: int, message: str) -> Response:
-    """The one place a request is refused: the protocol's error body, noted for the access log."""
+def reject(scope: Scope, status: int, message: str, error: BaseException | None = None) -> Response:
+    """The one place a request is refused: the protocol's error body, noted for the access log
+    and counted by reason (what ``error`` names as wrong with the input, else ``status``)."""
     scope[ERROR_KEY] = message
+    monitor: ModelMonitor | None = scope.get(MONITOR_KEY)
+    if monitor is not None:
+        monitor.reject(rejection_reason(error, status))
     return Response(orjson.dumps({"error": message}), status, media_type="application/json")
 
 
@@ -119,11 +126,19 @@ def _headers(scope: Scope) -> dict[str, str]:
 class Edge:
     """ASGI app wrapping KServe's: body limit, V2 inference and metadata, error bodies, access line."""
 
-    def __init__(self, app: ASGIApp, dataplane: DataPlane, max_body_bytes: int, access: AccessLog) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        dataplane: DataPlane,
+        max_body_bytes: int,
+        access: AccessLog,
+        monitor: ModelMonitor | None = None,
+    ) -> None:
         self.app = app
         self.dataplane = dataplane
         self.max_body_bytes = max_body_bytes
         self.access = access
+        self.monitor = monitor
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -131,6 +146,8 @@ class Edge:
             return
         started = time.perf_counter()
         status = 0
+        if self.monitor is not None:
+            scope[MONITOR_KEY] = self.monitor
 
         async def noting_send(message: Message) -> None:
             nonlocal status
@@ -156,12 +173,12 @@ class Edge:
         if scope["method"] in BODY_METHODS:
             try:
                 body = await self._body(scope, receive)
-            except BodyTooLargeError:
+            except BodyTooLargeError as e:
                 message = (
                     f"the request body is larger than this server accepts ({self.max_body_bytes} "
                     "bytes, set by `mlpipe serve --max-body-bytes`); send fewer images per request"
                 )
-                await reject(scope, 413, message)(scope, receive, send)
+                await reject(scope, 413, message, e)(scope, receive, send)
                 return
             receive = _replay(body, receive)
         try:
@@ -178,11 +195,11 @@ class Edge:
                 await self.app(scope, receive, send)
                 return
         except InvalidInput as e:
-            response = reject(scope, 400, str(e))
+            response = reject(scope, 400, str(e), e)
         except ModelNotFound as e:
-            response = reject(scope, 404, str(e))
+            response = reject(scope, 404, str(e), e)
         except ModelNotReady as e:
-            response = reject(scope, 503, str(e))
+            response = reject(scope, 503, str(e), e)
         await response(scope, receive, send)
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
@@ -259,22 +276,29 @@ def _validation_message(error: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(problems[:MAX_VALIDATION_ERRORS])
 
 
-def install(app: FastAPI, dataplane: DataPlane, max_body_bytes: int, access: AccessLog) -> Edge:
-    """The edge in front of KServe's ``app``, whose refusals become the protocol's error body too."""
+def install(
+    app: FastAPI,
+    dataplane: DataPlane,
+    max_body_bytes: int,
+    access: AccessLog,
+    monitor: ModelMonitor | None = None,
+) -> Edge:
+    """The edge in front of KServe's ``app``, whose refusals become the protocol's error body too
+    (and are counted in ``monitor``, when there is one)."""
 
     async def invalid_input(request: Request, exc: Exception) -> Response:
-        return reject(request.scope, 400, str(exc))
+        return reject(request.scope, 400, str(exc), exc)
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return reject(request.scope, 404, str(exc))
+        return reject(request.scope, 404, str(exc), exc)
 
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
-        return reject(request.scope, 400, _validation_message(exc))
+        return reject(request.scope, 400, _validation_message(exc), exc)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         phrase = HTTPStatus(exc.status_code).phrase
         message = f"{exc.detail}: {request.method} {request.url.path}" if exc.detail else phrase
-        response = reject(request.scope, exc.status_code, message)
+        response = reject(request.scope, exc.status_code, message, exc)
         response.headers.update(exc.headers or {})
         return response
 
@@ -282,4 +306,4 @@ def install(app: FastAPI, dataplane: DataPlane, max_body_bytes: int, access: Acc
     app.add_exception_handler(ModelNotFound, not_found)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, http_error)
-    return Edge(app, dataplane, max_body_bytes, access)
+    return Edge(app, dataplane, max_body_bytes, access, monitor)

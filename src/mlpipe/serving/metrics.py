@@ -2,7 +2,8 @@
 
 KServe serves prometheus_client's default registry, so the metrics defined here appear there.
 Every label is bounded: ``model_name`` (one per server), ``label`` (the package's classes) and
-``reason`` (the fixed ``REJECTION_REASONS``); nothing taken from a request becomes a label value.
+``reason`` (the fixed ``REJECTION_REASONS`` and ``OTHER_REASON``); nothing taken from a request
+becomes a label value.
 
 One process only: with several uvicorn workers each scrape would see one worker's counters and
 drift window (kserve/kserve#2979), so `mlpipe serve` refuses ``--workers > 1`` while monitoring is
@@ -13,22 +14,23 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
+from fastapi.exceptions import RequestValidationError
 from kserve.errors import InvalidInput
 from prometheus_client import Counter, Gauge, Histogram
 
 from mlpipe.drift import DEFAULT_WINDOW, DriftWindow, Profile, mean_intensity
+from mlpipe.serving.validation import INPUT_PROBLEMS
 
 REQUESTS = Counter(
     "mlpipe_requests", "Inference requests that reached the model, whatever their outcome.", ["model_name"]
 )
 REJECTED = Counter(
     "mlpipe_rejected_requests",
-    "Requests refused with HTTP 400, by what was wrong with them.",
+    "Requests refused (HTTP 4xx, or 503 before the model is ready), by what was wrong with them.",
     ["model_name", "reason"],
 )
 FAILED = Counter(
@@ -57,23 +59,20 @@ DRIFT_WINDOW_IMAGES = Gauge(
 )
 DRIFT_WINDOW_SIZE = Gauge("mlpipe_drift_window_size", "Images a full drift window holds.", ["model_name"])
 
-# What a 400's message says was wrong (serving/validation.py's messages), first match wins.
-REJECTION_REASONS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("batch_size", re.compile(r"empty batch|too many images")),
-    ("datatype", re.compile(r"has datatype")),
-    ("input_name", re.compile(r"input tensor named")),
-    ("shape", re.compile(r"must have shape|needs \d+ values|does not match its shape|not a rectangular")),
-    ("not_numbers", re.compile(r"numbers only")),
-    ("pixel_values", re.compile(r"finite|whole numbers|raw pixels in")),
-    ("body", re.compile(r"request body|\"instances\" must be a list")),
-)
+# The refusals that are not about a request's input: by their HTTP status.
+STATUS_REASONS = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 503: "not_ready"}
+REJECTION_REASONS: tuple[str, ...] = (*INPUT_PROBLEMS, *STATUS_REASONS.values())
 OTHER_REASON = "other"
 
 
-def rejection_reason(error: InvalidInput) -> str:
-    """The bounded reason label of a refused request."""
-    message = str(error.reason if hasattr(error, "reason") else error)
-    return next((name for name, pattern in REJECTION_REASONS if pattern.search(message)), OTHER_REASON)
+def rejection_reason(error: BaseException | None, status: int = 400) -> str:
+    """The bounded reason label of a refused request: the input problem it names, else its status."""
+    problem = getattr(error, "problem", None)
+    if problem in INPUT_PROBLEMS:
+        return problem
+    if isinstance(error, RequestValidationError):  # a V1 body FastAPI could not read
+        return "body"
+    return STATUS_REASONS.get(status, OTHER_REASON)
 
 
 class ModelMonitor:
@@ -86,7 +85,7 @@ class ModelMonitor:
         self.window = DriftWindow(profile, window)
         self.requests = REQUESTS.labels(model_name)
         self.failed = FAILED.labels(model_name)
-        self.rejected = {name: REJECTED.labels(model_name, name) for name, _ in REJECTION_REASONS}
+        self.rejected = {name: REJECTED.labels(model_name, name) for name in REJECTION_REASONS}
         self.rejected[OTHER_REASON] = REJECTED.labels(model_name, OTHER_REASON)
         self.predictions = [PREDICTIONS.labels(model_name, label) for label in labels]
         self.confidence = CONFIDENCE.labels(model_name)
@@ -113,15 +112,19 @@ class ModelMonitor:
         if score is not None:
             self.drift_score.set(score)
 
-    def reject(self, error: InvalidInput) -> None:
-        self.rejected[rejection_reason(error)].inc()
+    def reject(self, reason: str) -> None:
+        """Count one refused request (`mlpipe.serving.edge.reject` is the one caller)."""
+        self.rejected.get(reason, self.rejected[OTHER_REASON]).inc()
 
 
 Predict = TypeVar("Predict", bound=Callable[..., Any])
 
 
 def monitored(predict: Predict) -> Predict:
-    """Count a model's ``predict`` calls by outcome in its ``monitor`` (when it has one)."""
+    """Count a model's ``predict`` calls and its failures in its ``monitor`` (when it has one).
+
+    Refusals are counted where they are answered, in `mlpipe.serving.edge.reject`, with the
+    ones that never reach the model (body limit, V2 decoding, routing)."""
 
     @functools.wraps(predict)
     def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -131,8 +134,7 @@ def monitored(predict: Predict) -> Predict:
         monitor.requests.inc()
         try:
             return predict(self, *args, **kwargs)
-        except InvalidInput as e:
-            monitor.reject(e)
+        except InvalidInput:
             raise
         except Exception:
             monitor.failed.inc()

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import onnxruntime
 from kserve import Model, ModelServer
-from kserve.errors import InvalidInput
 from kserve.model_server import app as kserve_app
 from kserve.model_server import parser as kserve_parser
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
@@ -34,7 +33,7 @@ from mlpipe.errors import ArtifactError, MlpipeError
 from mlpipe.serving.edge import AccessLog, install
 from mlpipe.serving.metrics import ModelMonitor, monitored
 from mlpipe.serving.model_package import InputSpec, ModelPackage, read_package
-from mlpipe.serving.validation import v1_images, v2_images
+from mlpipe.serving.validation import BadInput, v1_images, v2_images
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +152,9 @@ class ImageClassifier(Model):
             probabilities = self._classified(v2_images(payload, package.input))
             return self._v2_response(payload, probabilities)
         if isinstance(payload, bytes | str):
-            raise InvalidInput("the request body must be JSON sent with Content-Type: application/json")
+            raise BadInput(
+                "content_type", "the request body must be JSON sent with Content-Type: application/json"
+            )
         probabilities = self._classified(v1_images(payload, package.input))
         classes = probabilities.argmax(axis=1).tolist()
         return {
@@ -201,13 +202,14 @@ class EdgeRESTServer(RESTServer):
 
     max_body_bytes: int
     access: AccessLog
+    monitor: ModelMonitor | None = None
 
     def create_application(self) -> None:
         super().create_application()  # KServe's routes, handlers and middleware on its app
         # KServe's timing middleware logs two trace lines per request; the access line says it all.
         kserve_app.user_middleware = [m for m in kserve_app.user_middleware if m.cls is not TimingMiddleware]
         # uvicorn serves the edge, which hands what it does not answer itself to KServe's app.
-        self.config.app = install(kserve_app, self.dataplane, self.max_body_bytes, self.access)
+        self.config.app = install(kserve_app, self.dataplane, self.max_body_bytes, self.access, self.monitor)
         configure_access_log(self.access)
 
 
@@ -226,11 +228,19 @@ def configure_access_log(access: AccessLog) -> None:
 class HostModelServer(ModelServer):
     """KServe's ModelServer on one address (KServe 0.21 always binds 0.0.0.0), behind `edge`."""
 
-    def __init__(self, host: str, max_body_bytes: int, access: AccessLog, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        host: str,
+        max_body_bytes: int,
+        access: AccessLog,
+        monitor: ModelMonitor | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.host = host
         self.max_body_bytes = max_body_bytes
         self.access = access
+        self.monitor = monitor
 
     async def _serve(self) -> None:
         # ModelServer.start() builds its RESTServer itself, and with --workers > 1 pickles it into
@@ -240,6 +250,7 @@ class HostModelServer(ModelServer):
                 server.__class__ = EdgeRESTServer
                 server.max_body_bytes = self.max_body_bytes
                 server.access = self.access
+                server.monitor = self.monitor
                 server.config.host = self.host
         await super()._serve()
 
@@ -338,6 +349,7 @@ def main(argv: list[str]) -> None:
         host=args.host,
         max_body_bytes=max_body_bytes,
         access=AccessLog(enabled=args.access_log != "off", as_json=args.access_log == "json"),
+        monitor=model.monitor,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         workers=args.workers,

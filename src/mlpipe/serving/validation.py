@@ -15,6 +15,29 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 
 from mlpipe.serving.model_package import InputSpec
 
+# What can be wrong with a request's input: the `reason` label of the rejected-requests metric.
+INPUT_PROBLEMS = (
+    "batch_size",
+    "datatype",
+    "input_name",
+    "shape",
+    "not_numbers",
+    "pixel_values",
+    "body",
+    "content_type",
+)
+
+
+class BadInput(InvalidInput):
+    """A refused input (HTTP 400), with what was wrong with it: one of ``INPUT_PROBLEMS``."""
+
+    def __init__(self, problem: str, message: str) -> None:
+        if problem not in INPUT_PROBLEMS:
+            raise ValueError(f"unknown input problem {problem!r}")
+        super().__init__(message)
+        self.problem = problem
+
+
 # V2 datatypes a client may send pixels as; UINT8 is the prepared arrays' own dtype.
 V2_DATATYPES = ("UINT8", "FP32")
 NUMERIC_KINDS = "iuf"  # NumPy dtype kinds: signed, unsigned, float (not bool, str, object)
@@ -27,10 +50,11 @@ def _image_shape(spec: InputSpec) -> str:
 
 def _check_batch_size(n: int, spec: InputSpec) -> None:
     if n < 1:
-        raise InvalidInput("empty batch: send at least one image")
+        raise BadInput("batch_size", "empty batch: send at least one image")
     if n > spec.max_batch_size:
-        raise InvalidInput(
-            f"too many images: {n} in one request, at most {spec.max_batch_size}; split the batch"
+        raise BadInput(
+            "batch_size",
+            f"too many images: {n} in one request, at most {spec.max_batch_size}; split the batch",
         )
 
 
@@ -38,10 +62,10 @@ def _as_numeric_array(data: Any, what: str) -> np.ndarray:
     try:
         array = np.asarray(data)
     except ValueError as e:  # ragged nested lists
-        raise InvalidInput(f"{what} is not a rectangular array of numbers ({e})") from e
+        raise BadInput("shape", f"{what} is not a rectangular array of numbers ({e})") from e
     if array.dtype.kind not in NUMERIC_KINDS:
         found = KIND_NAMES.get(array.dtype.kind, array.dtype.name)
-        raise InvalidInput(f"{what} must hold numbers only; found {found} values")
+        raise BadInput("not_numbers", f"{what} must hold numbers only; found {found} values")
     return array
 
 
@@ -50,14 +74,15 @@ def _checked_pixels(array: np.ndarray, spec: InputSpec, whole_numbers: bool) -> 
     pixels = np.ascontiguousarray(array, dtype=np.float32)
     if array.dtype.kind == "f":
         if not np.isfinite(array).all():
-            raise InvalidInput("pixel values must be finite; found NaN or infinity")
+            raise BadInput("pixel_values", "pixel values must be finite; found NaN or infinity")
         if whole_numbers and not (array == np.round(array)).all():
-            raise InvalidInput("UINT8 pixel values must be whole numbers")
+            raise BadInput("pixel_values", "UINT8 pixel values must be whole numbers")
     low, high = array.min(), array.max()
     if low < 0 or high > spec.pixel_max:
-        raise InvalidInput(
+        raise BadInput(
+            "pixel_values",
             f"pixel values must be raw pixels in 0..{spec.pixel_max} (the dataset's own scale); "
-            f"got values from {low} to {high}"
+            f"got values from {low} to {high}",
         )
     return pixels
 
@@ -65,19 +90,20 @@ def _checked_pixels(array: np.ndarray, spec: InputSpec, whole_numbers: bool) -> 
 def v1_images(body: Any, spec: InputSpec) -> np.ndarray:
     """Pixels float32 [N, H, W] from a V1 body ``{"instances": [image, ...]}``."""
     if not isinstance(body, dict):
-        raise InvalidInput(
+        raise BadInput(
+            "body",
             'the request body must be a JSON object {"instances": [image, ...]} '
-            "sent with Content-Type: application/json"
+            "sent with Content-Type: application/json",
         )
     instances = body.get("instances")
     if not isinstance(instances, list):
-        raise InvalidInput(
-            f'"instances" must be a list of images, each {spec.height} rows of {spec.width} pixels'
+        raise BadInput(
+            "body", f'"instances" must be a list of images, each {spec.height} rows of {spec.width} pixels'
         )
     _check_batch_size(len(instances), spec)
     array = _as_numeric_array(instances, '"instances"')
     if array.shape[1:] != (spec.height, spec.width):
-        raise InvalidInput(f'"instances" must have shape {_image_shape(spec)}; got {list(array.shape)}')
+        raise BadInput("shape", f'"instances" must have shape {_image_shape(spec)}; got {list(array.shape)}')
     return _checked_pixels(array, spec, whole_numbers=False)
 
 
@@ -87,26 +113,29 @@ def _tensor_data(tensor: InferInput) -> Any:
     try:  # binary tensor data (gRPC raw contents)
         return tensor.as_numpy()
     except ValueError as e:
-        raise InvalidInput(f"input {tensor.name!r}: the binary data does not match its shape ({e})") from e
+        raise BadInput(
+            "shape", f"input {tensor.name!r}: the binary data does not match its shape ({e})"
+        ) from e
 
 
 def v2_images(request: InferRequest, spec: InputSpec) -> np.ndarray:
     """Pixels float32 [N, H, W] from a V2 request with one UINT8 or FP32 tensor [N, H, W]."""
     names = [tensor.name for tensor in request.inputs]
     if names != [spec.name]:
-        raise InvalidInput(f"expected exactly one input tensor named {spec.name!r}; got {names}")
+        raise BadInput("input_name", f"expected exactly one input tensor named {spec.name!r}; got {names}")
     tensor = request.inputs[0]
     if tensor.datatype not in V2_DATATYPES:
-        raise InvalidInput(
-            f"input {spec.name!r} has datatype {tensor.datatype}; send {' or '.join(V2_DATATYPES)}"
+        raise BadInput(
+            "datatype",
+            f"input {spec.name!r} has datatype {tensor.datatype}; send {' or '.join(V2_DATATYPES)}",
         )
     shape = list(tensor.shape)
     if len(shape) != 3 or shape[1:] != [spec.height, spec.width]:
-        raise InvalidInput(f"input {spec.name!r} must have shape {_image_shape(spec)}; got {shape}")
+        raise BadInput("shape", f"input {spec.name!r} must have shape {_image_shape(spec)}; got {shape}")
     _check_batch_size(shape[0], spec)
     array = _as_numeric_array(_tensor_data(tensor), f"the data of input {spec.name!r}")
     if array.size != math.prod(shape):
-        raise InvalidInput(
-            f"input {spec.name!r}: shape {shape} needs {math.prod(shape)} values; got {array.size}"
+        raise BadInput(
+            "shape", f"input {spec.name!r}: shape {shape} needs {math.prod(shape)} values; got {array.size}"
         )
     return _checked_pixels(array.reshape(shape), spec, whole_numbers=tensor.datatype == "UINT8")

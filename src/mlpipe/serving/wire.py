@@ -2,7 +2,7 @@
 
 A request body is JSON, or JSON followed by raw tensor bytes (the binary tensor data extension,
 with the JSON's length in ``Inference-Header-Content-Length``). Every way a body can be
-malformed raises ``InvalidInput`` naming what is wrong, where, and how to fix it; KServe's own
+malformed raises ``BadInput`` naming what is wrong, where, and how to fix it; KServe's own
 decoder lets some of them escape as server errors (a short binary body, a non-numeric length).
 """
 
@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 from pydantic import ValidationError
+
+from mlpipe.serving.validation import BadInput
 
 HEADER_LENGTH = "inference-header-content-length"
 JSON_TYPES = ("", "application/json")  # no Content-Type is JSON too: tritonclient sends none
@@ -56,7 +57,7 @@ def _json(data: bytes, what: str) -> Any:
     try:
         return json.loads(data)
     except (ValueError, RecursionError):
-        raise InvalidInput(f"{what} is not valid JSON ({error}); send {REQUEST_FORMAT}") from error
+        raise BadInput("body", f"{what} is not valid JSON ({error}); send {REQUEST_FORMAT}") from error
 
 
 def _validation_message(error: ValidationError, what: str) -> str:
@@ -71,18 +72,19 @@ def _validation_message(error: ValidationError, what: str) -> str:
 
 def _inference_request(body: Any, what: str) -> InferenceRequest:
     if not isinstance(body, dict):
-        raise InvalidInput(f"{what} must be {REQUEST_FORMAT}; got a JSON {type(body).__name__}")
+        raise BadInput("body", f"{what} must be {REQUEST_FORMAT}; got a JSON {type(body).__name__}")
     try:
         return InferenceRequest.model_validate(body)
     except ValidationError as e:
-        raise InvalidInput(_validation_message(e, what)) from e
+        raise BadInput("body", _validation_message(e, what)) from e
 
 
 def _header_length(value: str, body_size: int) -> int:
     if not value.isdigit() or not 0 < int(value) <= body_size:
-        raise InvalidInput(
+        raise BadInput(
+            "body",
             f"header Inference-Header-Content-Length must be the byte length of the JSON at the "
-            f"start of the body, a whole number from 1 to {body_size}; got {value!r}"
+            f"start of the body, a whole number from 1 to {body_size}; got {value!r}",
         )
     return int(value)
 
@@ -91,17 +93,19 @@ def _binary_size(tensor: Mapping[str, Any]) -> int:
     name = tensor.get("name")
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if type(size) is not int or size < 0:
-        raise InvalidInput(
+        raise BadInput(
+            "body",
             f"input {name!r}: parameters.binary_data_size must be the byte count of its data after "
-            f"the JSON header, a whole number >= 0; got {size!r}"
+            f"the JSON header, a whole number >= 0; got {size!r}",
         )
     datatype, shape = tensor.get("datatype"), tensor.get("shape")
     if datatype in DATATYPE_SIZES and isinstance(shape, list):
         needed = math.prod(shape) * DATATYPE_SIZES[datatype]
         if size != needed:
-            raise InvalidInput(
+            raise BadInput(
+                "body",
                 f"input {name!r}: shape {shape} of {datatype} needs {needed} bytes; "
-                f"binary_data_size says {size}"
+                f"binary_data_size says {size}",
             )
     return size
 
@@ -110,14 +114,15 @@ def _binary_request(body: bytes, header_length: int, model_name: str) -> InferRe
     """A request in the binary tensor data extension: JSON header, then each tensor's bytes."""
     header = _json(body[:header_length], "the JSON header of the binary request")
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
-        raise InvalidInput(f"the JSON header of the binary request must be {REQUEST_FORMAT}")
+        raise BadInput("body", f"the JSON header of the binary request must be {REQUEST_FORMAT}")
     binary = [t for t in header["inputs"] if isinstance(t, dict) and "data" not in t]
     sizes = [_binary_size(t) for t in binary]
     available = len(body) - header_length
     if sum(sizes) != available:
-        raise InvalidInput(
+        raise BadInput(
+            "body",
             f"the binary inputs' binary_data_size add up to {sum(sizes)} bytes, but {available} "
-            "bytes follow the JSON header; send exactly the bytes the header announces"
+            "bytes follow the JSON header; send exactly the bytes the header announces",
         )
     # Validate the header as a JSON request whose binary tensors are empty, then attach the bytes.
     for tensor in binary:
@@ -137,23 +142,26 @@ def _binary_request(body: bytes, header_length: int, model_name: str) -> InferRe
 
 
 def decode_request(body: bytes, headers: Mapping[str, str], model_name: str) -> InferRequest:
-    """The InferRequest in a V2 REST body; raise InvalidInput saying what is wrong and how to fix it."""
+    """The InferRequest in a V2 REST body; raise BadInput saying what is wrong and how to fix it."""
     content_type = media_type(headers)
     length = headers.get(HEADER_LENGTH)
     if length is not None:
         if content_type not in BINARY_TYPES:
-            raise InvalidInput(
+            raise BadInput(
+                "content_type",
                 f"Content-Type {content_type!r} does not fit a binary tensor request; "
-                "send application/octet-stream (or none)"
+                "send application/octet-stream (or none)",
             )
         return _binary_request(body, _header_length(length, len(body)), model_name)
     if content_type not in JSON_TYPES:
-        raise InvalidInput(
+        raise BadInput(
+            "content_type",
             f"Content-Type {content_type!r} is not supported for V2 inference: send JSON with "
-            "Content-Type: application/json, or binary tensors with an Inference-Header-Content-Length header"
+            "Content-Type: application/json, or binary tensors with an "
+            "Inference-Header-Content-Length header",
         )
     if not body:
-        raise InvalidInput(f"the request body is empty; send {REQUEST_FORMAT}")
+        raise BadInput("body", f"the request body is empty; send {REQUEST_FORMAT}")
     request = _inference_request(_json(body, "the request body"), "the request body")
     return InferRequest.from_inference_request(request, model_name)
 
