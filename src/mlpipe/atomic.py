@@ -32,15 +32,18 @@ def _abandoned(entry: Path) -> bool:
     if not (entry.name.startswith(".") and entry.name.endswith(SUFFIX) and found):
         return False
     pid = int(found.group(1))
-    if pid == os.getpid():
-        return False
+    return pid != os.getpid() and not process_alive(pid)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` runs on this host (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_abandoned(directory: Path) -> list[Path]:

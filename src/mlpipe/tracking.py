@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlpipe import lineage, paths
+from mlpipe import atomic, lineage, paths
 from mlpipe.errors import TrackingError
 from mlpipe.lineage import Lineage
 
@@ -177,16 +177,6 @@ def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def close_abandoned_runs(mlflow_client: MlflowClient) -> list[str]:
     """Mark KILLED the RUNNING runs (and FAILED their PENDING logged models) that a killed
     process on this host left behind; return their ids."""
@@ -199,7 +189,7 @@ def close_abandoned_runs(mlflow_client: MlflowClient) -> list[str]:
         runs = mlflow_client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'")
         for stale in runs:
             run_host, _, pid = stale.data.tags.get(OWNER_TAG, "").rpartition(":")
-            if run_host != host or not pid.isdigit() or _process_alive(int(pid)):
+            if run_host != host or not pid.isdigit() or atomic.process_alive(int(pid)):
                 continue
             mlflow_client.set_terminated(stale.info.run_id, status="KILLED")
             closed.append(stale.info.run_id)
