@@ -178,11 +178,14 @@ def test_repro_runs_the_pipeline_on_the_gpu_runner(preview: dict[str, Any]) -> N
     repro = preview["repro"]
     assert repro["tags"] == ["gpu"]
     assert repro["image"]["name"] == "$TRAIN_IMAGE"
-    assert repro["script"][-3:] == [
-        "dvc pull --run-cache --allow-missing",
-        "dvc repro",
-        "dvc push --run-cache",
-    ]
+    pull, run_pipeline, says_what_ran, push = repro["script"][-4:]
+    assert pull == "dvc pull --run-cache --allow-missing"
+    assert run_pipeline == "set -o pipefail; dvc repro 2>&1 | tee repro.log"
+    # the log says whether main restored the merge request's results or had to retrain
+    assert "^Running stage" in says_what_ran and "retrained" in says_what_ran
+    assert "nothing retrained" in says_what_ran
+    assert push == "dvc push --run-cache"
+    assert subprocess.run(["bash", "-n", "-c", says_what_ran], check=False).returncode == 0
     assert {"reports/", "dvc.lock"} <= set(repro["artifacts"]["paths"])
     assert [cache["paths"] for cache in repro["cache"]] == [[".dvc/cache"]]
 
