@@ -244,7 +244,6 @@ def run(params: Params) -> None:
         profile = drift.Profile.of(read_split("train", schema=schema).images, schema.pixel_max)
         atomic.write_json(staging / PROFILE_FILE, profile.to_json())
         if mlflow_client is not None:
-            log.info("exported and verified the package; registering it")
             register(mlflow_client, staging, info, origin, onnx_bytes, test.images[:2])
     log.info(
         "wrote %s (%d bytes of ONNX, sha256 %s)",
@@ -284,6 +283,7 @@ def register(
             mlflow_client.log_artifact(rid, str(report), "evaluate")
         mlflow_client.log_artifacts(rid, str(package_dir), "package")
         package_uri = mlflow_client.get_run(rid).info.artifact_uri.rstrip("/") + "/package"
+        log.info("logged the package to run %s; registering it", rid)
         version = tracking.register_onnx(
             mlflow_client,
             name=info["name"],

@@ -180,7 +180,7 @@ def test_repro_runs_the_pipeline_on_the_gpu_runner(preview: dict[str, Any]) -> N
     assert repro["image"]["name"] == "$TRAIN_IMAGE"
     pull, run_pipeline, says_what_ran, push = repro["script"][-4:]
     assert pull == "dvc pull --run-cache --allow-missing"
-    assert run_pipeline == "set -o pipefail; dvc repro 2>&1 | tee repro.log"
+    assert run_pipeline == "set -o pipefail; dvc repro --pull 2>&1 | tee repro.log"
     # the log says whether main restored the merge request's results or had to retrain
     assert "^Running stage" in says_what_ran and "retrained" in says_what_ran
     assert "nothing retrained" in says_what_ran

@@ -107,8 +107,9 @@ def test_reverting_a_param_restores_the_outputs_from_the_run_cache(tmp_path: Pat
     assert {name: digest(project / name) for name in TRAIN_RESULTS} == original
 
 
-def test_a_clone_sharing_only_the_remote_restores_instead_of_retraining(tmp_path: Path) -> None:
-    """The merge request → main path: clone B reuses what clone A trained, byte for byte."""
+def test_the_main_clone_restores_what_the_merge_request_clone_trained(tmp_path: Path) -> None:
+    """The merge request → main path: clone A (the MR) runs the pipeline, pushes its outputs and
+    run cache and commits its results; clone B (main, after the merge) pulls and runs no stage."""
     origin = make_project(tmp_path / "origin")
     remote = tmp_path / "remote"
     run("dvc", "remote", "add", "-f", "-d", "data", str(remote / "data"), cwd=origin)
@@ -116,15 +117,37 @@ def test_a_clone_sharing_only_the_remote_restores_instead_of_retraining(tmp_path
     run("git", "commit", "-qam", "remotes", cwd=origin)
     clone_a, clone_b = tmp_path / "a", tmp_path / "b"
     run("git", "clone", "-q", str(origin), str(clone_a), cwd=tmp_path)
-    run("git", "clone", "-q", str(origin), str(clone_b), cwd=tmp_path)
     run("dvc", "repro", cwd=clone_a)
     run("dvc", "push", "--run-cache", cwd=clone_a)
-    run("dvc", "pull", "--run-cache", "--allow-missing", cwd=clone_b, check=False)
-    out = run("dvc", "repro", cwd=clone_b).stdout
+    run("git", "add", "dvc.lock", "reports", cwd=clone_a)
+    run("git", "commit", "-qm", "results", cwd=clone_a)
+    run("git", "push", "-q", "origin", "HEAD:merged", cwd=clone_a)
+    run("git", "clone", "-q", "-b", "merged", str(origin), str(clone_b), cwd=tmp_path)
+    run("dvc", "pull", "--run-cache", "--allow-missing", cwd=clone_b)
+    out = run("dvc", "repro", "--pull", cwd=clone_b).stdout
     assert stages_run(out) == []
     for name in (*TRAIN_RESULTS, "reports/metrics.json", "models/package/model.onnx"):
         assert digest(clone_b / name) == digest(clone_a / name), name
-    assert (clone_b / "dvc.lock").read_text() == (clone_a / "dvc.lock").read_text()
+    assert json.loads(run("dvc", "status", "--json", cwd=clone_b).stdout) == {}
+
+
+def test_a_clone_restores_a_stage_from_the_shared_run_cache(tmp_path: Path) -> None:
+    """Same commit, only the DVC remote shared: a stage whose outputs are all cached comes back
+    from the pushed run cache instead of running."""
+    origin = make_project(tmp_path / "origin")
+    run("dvc", "remote", "add", "-f", "-d", "data", str(tmp_path / "remote"), cwd=origin)
+    run("git", "commit", "-qam", "remote", cwd=origin)
+    clone_a, clone_b = tmp_path / "a", tmp_path / "b"
+    for clone in (clone_a, clone_b):
+        run("git", "clone", "-q", str(origin), str(clone), cwd=tmp_path)
+    run("dvc", "repro", "prepare", cwd=clone_a)
+    run("dvc", "push", "--run-cache", cwd=clone_a)
+    run("dvc", "pull", "--run-cache", "--allow-missing", cwd=clone_b, check=False)
+    out = run("dvc", "repro", "--pull", "prepare", cwd=clone_b).stdout
+    assert "Stage 'prepare' is cached - skipping run, checking out outputs" in out
+    assert stages_run(out) == []
+    for name in ("train_images.npy", "test_labels.npy", "schema.json"):
+        assert digest(clone_b / "data/prepared" / name) == digest(clone_a / "data/prepared" / name)
 
 
 def kill_midway(project: Path, stage: str, marker: str) -> None:
