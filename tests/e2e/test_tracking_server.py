@@ -70,7 +70,9 @@ def test_run_records_params_epochs_and_lineage_on_the_server(
     assert tracked.info.status == "FINISHED"
     assert tracked.info.artifact_uri.startswith(f"s3://{tracking_server.bucket}/mlartifacts/")
     assert tracked.data.params["train.epochs"] == str(TINY_PARAMS["train"]["epochs"])
-    assert tracked.data.tags["mlpipe.git_commit"] == manifest["lineage"]["git_commit"]
+    head = run("git", "rev-parse", "HEAD", cwd=tracked_project).stdout.strip()
+    assert tracked.data.tags["mlpipe.git_commit"] == head
+    assert tracked.data.tags["mlpipe.data_hash"] == manifest["lineage"]["data_hash"]
     history = client.get_metric_history(tracked.info.run_id, "val_accuracy")
     assert [m.step for m in history] == list(range(1, TINY_PARAMS["train"]["epochs"] + 1))
     assert tracked.data.metrics["test_accuracy"] == manifest["metrics"]["test_accuracy"]
