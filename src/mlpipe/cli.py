@@ -287,6 +287,7 @@ def tune_trial(
         typer.echo(line)
 
 
+@app.command()
 def retrain(
     base: Annotated[str, typer.Option(help="Branch the merge request targets (never committed to).")] = (
         "main"

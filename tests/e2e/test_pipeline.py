@@ -157,18 +157,27 @@ def test_rebuild_from_scratch_is_byte_identical(tmp_path: Path) -> None:
 TRAIN_OUTPUTS = ("models/model.pt", "reports/train_metrics.json", "reports/train_history.csv")
 
 
-def assert_failed_cleanly_and_recovers(project: Path, before: dict[str, bytes], params: str) -> None:
+def assert_failed_cleanly_and_recovers(
+    project: Path,
+    before: dict[str, bytes],
+    params: str,
+    outputs: tuple[str, ...] = TRAIN_OUTPUTS,
+    env: dict[str, str] | None = None,
+) -> None:
     """A failed stage leaves its outputs whole or absent (never half-written or mixed), every
     other output as it was, and reverting the param restores the rest from the run cache."""
     after = snapshot(project)
-    kept = {name: data for name, data in before.items() if name not in TRAIN_OUTPUTS}
-    assert {name: data for name, data in after.items() if name not in TRAIN_OUTPUTS} == kept
-    assert {name for name in TRAIN_OUTPUTS if name in after} in (set(), set(TRAIN_OUTPUTS))
-    assert [
-        p.name for d in (project, project / "models", project / "reports") for p in d.glob(".*.tmp")
-    ] == []
+
+    def ours(name: str) -> bool:
+        return name.startswith(outputs)
+
+    assert {n: d for n, d in after.items() if not ours(n)} == {n: d for n, d in before.items() if not ours(n)}
+    left = {n: d for n, d in after.items() if ours(n)}
+    assert left in ({}, {n: d for n, d in before.items() if ours(n)})
+    staging = [p.name for d in (project, project / "models", project / "reports") for p in d.glob(".*.tmp")]
+    assert staging == []
     (project / "params.yaml").write_text(params)
-    out = run("dvc", "repro", cwd=project).stdout
+    out = run("dvc", "repro", cwd=project, env=env).stdout
     assert "Running stage" not in out
     assert snapshot(project) == before
 

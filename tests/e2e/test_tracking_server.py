@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import TINY_PARAMS, make_project, run, update_params
 from tests.e2e.conftest import TrackingServer
-from tests.e2e.test_pipeline import snapshot
+from tests.e2e.test_pipeline import assert_failed_cleanly_and_recovers, snapshot
 from tests.servers import free_port, s3_client, s3_keys
 
 pytestmark = pytest.mark.slow
@@ -127,6 +127,7 @@ def test_unreachable_artifact_store_stops_training_before_it_starts(
     project_copy: Path, client: Any, tracking_server: TrackingServer
 ) -> None:
     before, runs_before = snapshot(project_copy), len(runs(client))
+    params = (project_copy / "params.yaml").read_text()
     update_params(project_copy, {"train": {"epochs": 2}})
     closed = f"http://127.0.0.1:{free_port()}"
     env = {**tracking_server.client_env, **NO_RETRIES, "MLFLOW_S3_ENDPOINT_URL": closed}
@@ -135,8 +136,8 @@ def test_unreachable_artifact_store_stops_training_before_it_starts(
     assert f"mlpipe: error: MLflow artifact store s3://{tracking_server.bucket}/mlartifacts/" in result.stderr
     assert f"is unreachable at the S3 endpoint {closed}" in result.stderr
     assert "epoch 1" not in result.stderr
-    assert snapshot(project_copy) == before
     assert len(runs(client)) == runs_before
+    assert_failed_cleanly_and_recovers(project_copy, before, params, env=tracking_server.client_env)
 
 
 @contextlib.contextmanager
@@ -174,6 +175,7 @@ def test_registry_failure_leaves_the_registry_and_the_package_as_they_were(
     project_copy: Path, client: Any, tracking_server: TrackingServer, table: str, message: str
 ) -> None:
     before, versions_before = snapshot(project_copy), versions(client)
+    params = (project_copy / "params.yaml").read_text()
     candidate = client.get_model_version_by_alias(MODEL_NAME, "candidate").version
     env = {**tracking_server.client_env, **NO_RETRIES}
     with registry_refuses(tracking_server.database_uri, table):
@@ -184,6 +186,8 @@ def test_registry_failure_leaves_the_registry_and_the_package_as_they_were(
     assert message in result.stderr
     assert tracking_server.uri in result.stderr
     assert "Traceback" not in result.stderr
-    assert snapshot(project_copy) == before
+    assert versions(client) == versions_before
+    outputs = ("models/package/",)
+    assert_failed_cleanly_and_recovers(project_copy, before, params, outputs, tracking_server.client_env)
     assert versions(client) == versions_before
     assert client.get_model_version_by_alias(MODEL_NAME, "candidate").version == candidate
