@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from mlpipe.verify import checkout_files
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
 
@@ -55,14 +57,7 @@ def run(
 
 def project_files() -> list[str]:
     """What a clone of this repository contains: tracked files plus new, unignored ones."""
-    out = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [line for line in out.splitlines() if (REPO_ROOT / line).is_file()]
+    return checkout_files(REPO_ROOT)
 
 
 def update_params(project: Path, overrides: Mapping[str, Mapping[str, Any]]) -> None:
