@@ -41,7 +41,7 @@ FROM ${PYTHON_IMAGE} AS train
 ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/mlpipe/bin:$PATH
-# git for DVC and the lineage, make for `make deploy-manifest` in the deploy jobs; the versions
+# git for DVC and the lineage, make for the Makefile's targets; the versions
 # follow the pinned base image, so they are not pinned again here.
 # hadolint ignore=DL3008
 RUN apt-get update \

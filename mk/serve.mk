@@ -27,8 +27,8 @@ bench-serve: setup $(MLSERVER_VENV)/bin/mlserver ## Load-test mlpipe serve again
 
 # Both print YAML for `kubectl apply -f -` on stdout: no prerequisites, no echoed commands.
 deploy-manifest: ## Render deploy/ (ENV, IMAGE, STORAGE_URI; optional CANARY, MODEL_NAME)
-	@python -m mlpipe.serving.render manifest --env "$(ENV)" --image "$(IMAGE)" \
+	@mlpipe deploy manifest "$(ENV)" --image "$(IMAGE)" \
 	  --storage-uri "$(STORAGE_URI)" --canary "$(CANARY)" --model-name "$(MODEL_NAME)"
 
 deploy-secret: ## Render the S3 Secret for ENV from S3_* and AWS_* environment variables
-	@python -m mlpipe.serving.render secret --env "$(ENV)"
+	@mlpipe deploy secret "$(ENV)"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -58,7 +58,10 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 @app.command()
 def prepare() -> None:
     """Load the dataset named in params.yaml and write the train/val/test split to data/prepared/."""
-    _run_stage("prepare")
+    params = _pinned_params()
+    from mlpipe import prepare as stage
+
+    _run_stage(stage.run, params)
 
 
 @app.command()
@@ -66,24 +69,30 @@ def train() -> None:
     """Train the CNN; write models/model.pt and the training history and metrics."""
     params = _pinned_params()
     from mlpipe import distributed
-    from mlpipe.train import select_device
+    from mlpipe import train as stage
 
     # train.nproc_per_node > 1: run this same command under torchrun, one process per rank.
-    device = select_device(params.train.device)
+    device = stage.select_device(params.train.device)
     distributed.relaunch_if_requested(params.train.nproc_per_node, device, ["train"])
-    _run_stage("train", params)
+    _run_stage(stage.run, params)
 
 
 @app.command()
 def evaluate() -> None:
     """Score the model on the test split; write reports/metrics.json, predictions and figures."""
-    _run_stage("evaluate")
+    params = _pinned_params()
+    from mlpipe import evaluate as stage
+
+    _run_stage(stage.run, params)
 
 
 @app.command()
 def package() -> None:
     """Export models/package/ (ONNX + manifest + model card) and register it in MLflow."""
-    _run_stage("package")
+    params = _pinned_params()
+    from mlpipe import package as stage
+
+    _run_stage(stage.run, params)
 
 
 @app.command(
@@ -306,6 +315,43 @@ def retrain(
     typer.echo(retraining.run(load_params(), base=base, remote=remote, gitlab=gitlab).message)
 
 
+deploy_app = typer.Typer(
+    help="deploy/ rendered for `kubectl apply -f -` (YAML on stdout): the model service, its S3 Secret.",
+    no_args_is_help=True,
+)
+app.add_typer(deploy_app, name="deploy")
+EnvArgument = Annotated[
+    str, typer.Argument(help="The environment: an overlay in deploy/overlays/ (staging, production, canary).")
+]
+DeployDirOption = Annotated[Path, typer.Option(help="The kustomize tree to render.")]
+
+
+@deploy_app.command("manifest")
+def deploy_manifest(
+    env: EnvArgument = "",
+    image: Annotated[str, typer.Option(help="The serve image reference.")] = "",
+    storage_uri: Annotated[str, typer.Option(help="Where the package directory lies (s3://...).")] = "",
+    canary: Annotated[str, typer.Option(help="Traffic percent for the new revision (default: none).")] = "",
+    model_name: Annotated[str, typer.Option(help="Service and model name (default: params.yaml's).")] = "",
+    deploy_dir: DeployDirOption = paths.DEPLOY_DIR,
+) -> None:
+    """The InferenceService and its ServiceAccount for ENV, rendered by `kubectl kustomize`."""
+    from mlpipe import deploy
+
+    manifests = deploy.render_manifests(
+        env, image, storage_uri, deploy.parse_canary(canary), model_name or None, deploy_dir
+    )
+    typer.echo(deploy.dump(manifests), nl=False)
+
+
+@deploy_app.command("secret")
+def deploy_secret(env: EnvArgument = "", deploy_dir: DeployDirOption = paths.DEPLOY_DIR) -> None:
+    """The S3 credentials Secret for ENV's namespace, from the S3_* and AWS_* environment variables."""
+    from mlpipe import deploy
+
+    typer.echo(deploy.dump([deploy.render_secret(env, deploy_dir=deploy_dir)]), nl=False)
+
+
 kfp_app = typer.Typer(help="dvc.yaml's stages as a Kubeflow Pipeline.", no_args_is_help=True)
 app.add_typer(kfp_app, name="kfp")
 
@@ -333,12 +379,13 @@ def _pinned_params() -> Params:
     return params
 
 
-def _run_stage(module: str, params: Params | None = None) -> None:
-    params = params or _pinned_params()
-    stage = importlib.import_module(f"mlpipe.{module}")
+def _run_stage(run: Callable[[Params], None], params: Params) -> None:
+    """Run a stage, with torch's numerics configured as params.yaml asks if the stage loaded torch.
+
+    Each stage command calls `_pinned_params` before importing its module, which may import torch."""
     if "torch" in sys.modules:
         numerics.configure_torch(params.train.numerics)
-    stage.run(params)
+    run(params)
 
 
 def main() -> None:

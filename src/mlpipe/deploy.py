@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from mlpipe.errors import MlpipeError
+from mlpipe.paths import DEPLOY_DIR
 
-DEPLOY_DIR = Path("deploy")
 RELEASE_COMPONENT = Path("release")
 SECRET_TEMPLATE = Path("base/s3-secret.template.yaml")
 # The ConfigMap deploy/release/ reads the release's values from.

