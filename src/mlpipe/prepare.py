@@ -11,9 +11,9 @@ from sklearn.model_selection import train_test_split
 
 from mlpipe import atomic, paths
 from mlpipe.data import LabeledImages, Schema, write_split
+from mlpipe.datasets.sources import load_source
 from mlpipe.errors import DataError
 from mlpipe.params import DataParams, Params
-from mlpipe.sources import load_source
 
 log = logging.getLogger(__name__)
 

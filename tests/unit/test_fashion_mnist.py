@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlpipe.errors import DataError
-from mlpipe.fashion_mnist import (
+from mlpipe.datasets.fashion_mnist import (
     CLASSES,
     FILES,
     TEST_IMAGES,
@@ -23,6 +22,7 @@ from mlpipe.fashion_mnist import (
     TRAIN_LABELS,
     load_fashion_mnist,
 )
+from mlpipe.errors import DataError
 from mlpipe.serving.local import LOOPBACK, free_port
 from tests.unit.idx_writer import write_idx
 

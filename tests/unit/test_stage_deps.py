@@ -80,5 +80,5 @@ def test_a_stage_depends_on_exactly_the_code_it_runs(stage: str) -> None:
 
 
 def test_the_closure_follows_imports_inside_functions() -> None:
-    assert "src/mlpipe/fashion_mnist.py" in closure("mlpipe.prepare")
+    assert "src/mlpipe/datasets/fashion_mnist.py" in closure("mlpipe.prepare")
     assert "src/mlpipe/tracking.py" in closure("mlpipe.train")

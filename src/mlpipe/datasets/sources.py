@@ -39,11 +39,11 @@ def load_source(params: DataParams) -> LabeledImages:
     if params.dataset == "digits":
         return load_digits()
     if params.dataset == "fashion-mnist":
-        from mlpipe.fashion_mnist import load_fashion_mnist
+        from mlpipe.datasets.fashion_mnist import load_fashion_mnist
 
         source = Path(params.source) if params.source else None
         return load_fashion_mnist(source, cache_dir=cache_dir() / "fashion-mnist")
-    from mlpipe.imagefolder import load_imagefolder
+    from mlpipe.datasets.imagefolder import load_imagefolder
 
     if params.source is None:
         raise ParamsError("data.source: required for dataset 'imagefolder'")

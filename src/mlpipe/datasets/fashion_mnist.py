@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from mlpipe.data import LabeledImages
+from mlpipe.datasets.idx import read_idx
 from mlpipe.errors import DataError
-from mlpipe.idx import read_idx
 
 log = logging.getLogger(__name__)
 
