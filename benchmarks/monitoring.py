@@ -24,7 +24,8 @@ from typing import Any
 import httpx
 import matplotlib.pyplot as plt
 import numpy as np
-from benchmarks.serve import http_request, machine, open_loop, wrk
+from benchmarks.machine import describe
+from benchmarks.serve import http_request, open_loop, wrk
 from tests.monitoring import DASHBOARD, RULES_FILE, short_rules
 from tests.servers import prometheus_server
 
@@ -156,7 +157,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         if not args.skip_cost:
             rows = cost(args.model_dir, test.images[0], Path(scratch))
-            print(f"\nMachine: {machine()}; server and load generators share its cores.\n")
+            print(f"\nMachine: {describe()}; server and load generators share its cores.\n")
             print("| server | 300 req/s open loop: p50 / p99 | wrk -c2, 10 s | errors |")
             print("|---|---:|---:|---:|")
             print("\n".join(rows))

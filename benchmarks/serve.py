@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from benchmarks.machine import describe
 
 from mlpipe.data import read_split
 from mlpipe.serving.local import LOOPBACK, free_port
@@ -58,15 +58,6 @@ class Latencies:
 
     def pct(self, q: float) -> float:
         return float(np.percentile(self.millis, q))
-
-
-def machine() -> str:
-    """CPU model, cores and memory, for the record."""
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    model = re.search(r"Model name:\s*(.+)", lscpu)
-    mem_kib = re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text())
-    memory = f"{int(mem_kib[1]) / 2**20:.0f} GiB" if mem_kib else "?"
-    return f"{model[1].strip() if model else platform.processor()}, {os.cpu_count()} cores, {memory} RAM"
 
 
 def bare_forward(model_dir: Path, image: np.ndarray, runs: int = 5000) -> np.ndarray:
@@ -409,7 +400,7 @@ def main() -> None:
                 print(f"{server.name}: not measured: {e}", flush=True)
         shares = profile(candidates[0], args.wrk_seconds, scratch) if shutil.which("py-spy") else []
 
-    print("\n".join(["", f"Machine: {machine()}; server and load generators share its cores.", ""]))
+    print("\n".join(["", f"Machine: {describe()}; server and load generators share its cores.", ""]))
     print(f"Bare forward of one image: p50 {np.percentile(forward, 50):.3f} ms, "
           f"p99 {np.percentile(forward, 99):.3f} ms\n")  # fmt: skip
     print("\n".join(table(results, args.rate)))

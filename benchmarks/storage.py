@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import hashlib
 import inspect
 import logging
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -34,34 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from benchmarks.machine import describe
 from tests import servers
 
 from mlpipe import atomic, paths, prepare, tracking, train
 from mlpipe.data import LabeledImages, Schema, write_split
+from mlpipe.lineage import directory_digest
 from mlpipe.params import Params, load_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FASHION_MNIST_IMAGES, IMAGE_SHAPE, CLASSES = 70_000, (28, 28), 10
-
-
-def machine() -> str:
-    """Cores, CPU model and memory of this machine."""
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in subprocess.run(
-                ["lscpu"], capture_output=True, text=True, check=False
-            ).stdout.splitlines()
-            if line.startswith("Model name:")
-        ),
-        platform.processor() or "unknown CPU",
-    )
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    return (
-        f"{os.cpu_count()} cores ({model}), {memory:.0f} GiB RAM, Python {platform.python_version()}, "
-        f"load average {load}"
-    )
 
 
 def write_fashion_mnist_sized(root: Path, params: Params) -> int:
@@ -81,15 +61,6 @@ def write_fashion_mnist_sized(root: Path, params: Params) -> int:
     schema = Schema("fashion-mnist", classes, IMAGE_SHAPE, 255, 0.5, round(12**-0.5, 6), class_counts)
     atomic.write_json(root / paths.SCHEMA_FILE.name, schema.to_json())
     return sum(f.stat().st_size for f in root.iterdir())
-
-
-def digest(root: Path) -> str:
-    """SHA-256 over a directory's file names and contents."""
-    sha = hashlib.sha256()
-    for file in sorted(root.rglob("*")):
-        if file.is_file():
-            sha.update(file.relative_to(root).as_posix().encode() + file.read_bytes())
-    return sha.hexdigest()
 
 
 def timed_command(*args: str, cwd: Path, env: dict[str, str]) -> float:
@@ -112,7 +83,7 @@ def bench_dvc(runs: int, params: Params) -> dict[str, Any]:
         prepared = repo / paths.PREPARED_DIR
         size = write_fashion_mnist_sized(prepared, params)
         files = len(list(prepared.iterdir()))
-        expected = digest(prepared)
+        expected = directory_digest(prepared)
         timed_command("dvc", "add", "-q", str(paths.PREPARED_DIR), cwd=repo, env=env)
         push, pull = [], []
         for _ in range(runs):
@@ -126,7 +97,7 @@ def bench_dvc(runs: int, params: Params) -> dict[str, Any]:
             shutil.rmtree(repo / ".dvc/cache")
             shutil.rmtree(prepared)
             pull.append(timed_command("dvc", "pull", "-q", cwd=repo, env=env))
-            if digest(prepared) != expected:
+            if directory_digest(prepared) != expected:
                 raise RuntimeError("dvc pull did not restore the dataset byte for byte")
     return {"bytes": size, "files": files, "push": push, "pull": pull}
 
@@ -291,7 +262,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     params = load_params(REPO_ROOT / paths.PARAMS_FILE)
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     report_dvc(bench_dvc(args.runs, params))
     digits = [bench_tracking(params, fashion_mnist_sized=False) for _ in range(args.tracking_runs)]
     report_tracking("default params (digits)", digits)
@@ -300,7 +271,7 @@ def main() -> None:
     print(
         f"\n(one-off, not counted above: importing mlflow adds {import_seconds():.2f} s to a stage's start)"
     )
-    print(f"machine at the end: {machine()}")
+    print(f"machine at the end: {describe()}")
 
 
 if __name__ == "__main__":

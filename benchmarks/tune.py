@@ -8,7 +8,7 @@
 
 Training time: `train_seconds` (the fit loop) and the MLflow run's duration (data loading, fit,
 checkpoint and logging), both from the training's MLflow run.
-Usage: python benchmarks/tune.py [--trials 3] [--compare 20]
+Usage: python -m benchmarks.tune [--trials 3] [--compare 20]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import yaml
+from benchmarks.machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +77,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         project = Path(work) / "project"
         sh("git", "clone", "--quiet", str(ROOT), str(project), cwd=ROOT)
-        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
+        print(f"machine at the start: {describe()}")
         sh("dvc", "repro", "--quiet", cwd=project)
         sh("git", "commit", "--quiet", "-am", "baseline results", "--allow-empty", cwd=project)
 

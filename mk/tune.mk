@@ -7,4 +7,4 @@ tune: setup ## Run (or continue) the study of tune.yaml
 bench: bench-tune
 
 bench-tune: setup ## Trial overhead of `mlpipe tune`, and 20 TPE vs 20 random trials
-	python benchmarks/tune.py --trials 3 --compare 20
+	python -m benchmarks.tune --trials 3 --compare 20

@@ -190,7 +190,9 @@ def drift(
     images: Annotated[
         Path | None, typer.Option(help="A .npy file of raw-pixel images [N, H, W] (default: --split).")
     ] = None,
-    split: Annotated[str, typer.Option(help="The prepared split to compare, without --images.")] = "test",
+    split: Annotated[str, typer.Option(help="The prepared split to compare, without --images.")] = (
+        paths.TEST_SPLIT
+    ),
     data_dir: Annotated[Path, typer.Option(help="The prepared data (for --split).")] = paths.PREPARED_DIR,
     shift: Annotated[
         Literal["none", "invert", "brighten", "darken"],
@@ -259,23 +261,21 @@ def tune_katib(
     gpus: Annotated[int, typer.Option(min=0, help="GPUs per trial pod.")] = 0,
 ) -> None:
     """Print tune.yaml as a Katib Experiment (YAML); `kubectl apply -f -` submits it."""
-    import subprocess
-
+    from mlpipe import git
     from mlpipe.tuning.katib import experiment, to_yaml
     from mlpipe.tuning.space import load_space
 
-    def git(*args: str) -> str:
-        result = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            problem = result.stderr.strip()
-            raise MlpipeError(f"`git {' '.join(args)}` failed ({problem}); pass the value as an option")
-        return result.stdout.strip()
+    def from_git(*args: str) -> str:
+        try:
+            return git.checked(*args)
+        except git.GitError as e:
+            raise git.GitError(f"{e}; pass the value as an option") from e
 
     rendered = experiment(
         load_space(),
         image=image,
-        repo_url=repo_url or git("remote", "get-url", "origin"),
-        revision=revision or git("rev-parse", "HEAD"),
+        repo_url=repo_url or from_git("remote", "get-url", "origin"),
+        revision=revision or from_git("rev-parse", "HEAD"),
         namespace=namespace,
         parallel_trials=parallel,
         gpus=gpus,

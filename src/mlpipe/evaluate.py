@@ -36,7 +36,7 @@ def _csv(header: list[str], rows: list[list[object]]) -> str:
 def run(params: Params) -> None:
     """Write test metrics, per-class scores, predictions and figures under reports/."""
     schema = read_schema()
-    test = read_split("test", schema=schema)
+    test = read_split(paths.TEST_SPLIT, schema=schema)
     checkpoint = load_checkpoint(paths.CHECKPOINT_FILE)
     if checkpoint.classes != schema.classes or checkpoint.image_shape != schema.image_shape:
         raise ArtifactError(

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
-from mlpipe import paths
+from mlpipe import git, paths
 
 
 @dataclass(frozen=True)
@@ -52,14 +51,6 @@ class Lineage:
         return values
 
 
-def _git(*args: str) -> str | None:
-    try:
-        result = subprocess.run(["git", *args], capture_output=True, text=True, check=False, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
 def pipeline_inputs(pipeline: Path = paths.DVC_YAML) -> list[str]:
     """dvc.yaml, params.yaml and every stage dependency that is not another stage's output."""
     try:
@@ -80,7 +71,7 @@ def _entry_path(entry: str | dict[str, object]) -> str:
 
 def git_commit() -> str:
     """The checked-out commit; "unknown" outside a git repository."""
-    return _git("rev-parse", "HEAD") or "unknown"
+    return git.output("rev-parse", "HEAD") or "unknown"
 
 
 def git_branch() -> str:
@@ -88,13 +79,13 @@ def git_branch() -> str:
     for variable in ("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME", "CI_COMMIT_BRANCH", "CI_COMMIT_REF_NAME"):
         if branch := os.environ.get(variable):
             return branch
-    branch = _git("rev-parse", "--abbrev-ref", "HEAD")
+    branch = git.output("rev-parse", "--abbrev-ref", "HEAD")
     return "" if branch in (None, "HEAD") else branch
 
 
 def git_dirty(inputs: list[str]) -> bool:
     """Whether any of ``inputs`` has uncommitted changes."""
-    return bool(_git("status", "--porcelain", "--untracked-files=no", "--", *inputs))
+    return bool(git.output("status", "--porcelain", "--untracked-files=no", "--", *inputs))
 
 
 def dvc_experiment() -> str:

@@ -11,10 +11,11 @@ TUNE_STORAGE = Path("tune.db")
 # the kustomize tree `mlpipe deploy` renders
 DEPLOY_DIR = Path("deploy")
 
-RAW_DIR = Path("data/raw")
 PREPARED_DIR = Path("data/prepared")
 SCHEMA_FILE = PREPARED_DIR / "schema.json"
-SPLITS = ("train", "val", "test")
+# The prepared splits, as prepare writes them and the later stages read them.
+TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT = "train", "val", "test"
+SPLITS = (TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT)
 
 MODELS_DIR = Path("models")
 CHECKPOINT_FILE = MODELS_DIR / "model.pt"
@@ -28,7 +29,6 @@ PER_CLASS_FILE = REPORTS_DIR / "per_class.csv"
 PREDICTIONS_FILE = REPORTS_DIR / "predictions.csv"
 CONFUSION_PNG = REPORTS_DIR / "confusion_matrix.png"
 MISCLASSIFIED_PNG = REPORTS_DIR / "misclassified.png"
-TRAINING_RUN_FILE = REPORTS_DIR / "training_run.json"
 
 
 def split_images(split: str, root: Path = PREPARED_DIR) -> Path:

@@ -39,7 +39,7 @@ def split_indices(labels: np.ndarray, params: DataParams) -> dict[str, np.ndarra
     rest, test = _stratified(labels, index, params.test_fraction, params.seed)
     val_share = params.val_fraction / (1.0 - params.test_fraction)
     train, val = _stratified(labels, rest, val_share, params.seed)
-    return {"train": train, "val": val, "test": test}
+    return {paths.TRAIN_SPLIT: train, paths.VAL_SPLIT: val, paths.TEST_SPLIT: test}
 
 
 def pixel_stats(images: np.ndarray, pixel_max: int) -> tuple[float, float]:
@@ -71,7 +71,7 @@ def run(params: Params) -> None:
         len(dataset.classes),
     )
     splits = {name: dataset.subset(idx) for name, idx in split_indices(dataset.labels, params.data).items()}
-    mean, std = pixel_stats(splits["train"].images, dataset.pixel_max)
+    mean, std = pixel_stats(splits[paths.TRAIN_SPLIT].images, dataset.pixel_max)
     if std == 0.0:
         raise DataError("every training image has the same pixel value; nothing to learn from")
     schema = Schema(

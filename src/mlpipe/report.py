@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from mlpipe import atomic, compare, cost, gate, paths, plots
+from mlpipe import atomic, compare, cost, gate, git, paths, plots
 from mlpipe.data import read_schema, read_split
 from mlpipe.errors import MlpipeError
 from mlpipe.params import load_params
@@ -60,18 +60,18 @@ def _command(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _resolve(rev: str) -> str:
     """The commit ``rev`` names; an error says how to make it available."""
-    result = _command("git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
-    if result.returncode != 0:
+    commit = git.output("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if commit is None:
         raise ReportError(
             f"unknown git revision {rev!r}; fetch it first (e.g. `git fetch origin main`) "
             "and pass it with --base"
         )
-    return result.stdout.strip()
+    return commit
 
 
 def _git_file(rev: str, path: Path) -> str | None:
     """A file's text at ``rev`` (relative to the current directory); None if it is not there."""
-    result = _command("git", "show", f"{rev}:./{path.as_posix()}")
+    result = git.run("show", f"{rev}:./{path.as_posix()}")
     return result.stdout if result.returncode == 0 else None
 
 
@@ -298,7 +298,7 @@ def changed_examples(
         return lines
     try:
         schema = read_schema()
-        test = read_split("test", schema=schema)
+        test = read_split(paths.TEST_SPLIT, schema=schema)
     except MlpipeError as e:
         return [*lines, "", f"Images unavailable: {e}"]
     if [schema.classes[label] for label in test.labels] != list(actual):
@@ -387,7 +387,7 @@ def write_report(base: str, out: Path) -> str:
         raise ReportError(f"--out {out}: the report is markdown; name it *.md")
     params = load_params()
     base_commit = _resolve(base)
-    head = _command("git", "rev-parse", "--short", "HEAD").stdout.strip() or "?"
+    head = git.output("rev-parse", "--short", "HEAD") or "?"
     metrics = gate.read_metrics()
     old, new = base_side(base), workspace_side(metrics)
     decision = gate.evaluate(params, metrics, gate.registry())
