@@ -4,17 +4,12 @@
 # beyond chroot) and debootstrap (the test's base image is made from Debian's own packages, so
 # no registry is needed for it). Idempotent: does nothing when both are there.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../apt.bash"
 
 if command -v buildah >/dev/null && command -v debootstrap >/dev/null; then
   echo "buildah and debootstrap found: $(buildah --version)"
   exit 0
 fi
 
-sudo=()
-if [ "$(id -u)" -ne 0 ]; then
-  sudo=(sudo)
-fi
-export DEBIAN_FRONTEND=noninteractive
-"${sudo[@]}" apt-get update -q
-"${sudo[@]}" apt-get install -y -q --no-install-recommends buildah debootstrap
+apt_install buildah debootstrap
 buildah --version

@@ -5,31 +5,26 @@
 # start its system service: a policy-rc.d that forbids starting services is in place while it
 # installs. Idempotent: does nothing when both programs are there.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../apt.bash"
 
 if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
   echo "prometheus found: $(prometheus --version 2>&1 | head -1)"
   exit 0
 fi
 
-sudo=()
-if [ "$(id -u)" -ne 0 ]; then
-  sudo=(sudo)
-fi
 policy=/usr/sbin/policy-rc.d
 added_policy=false
 if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\n# installing packages without starting their services\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
-  "${sudo[@]}" chmod 755 "$policy"
+  printf '#!/bin/sh\n# installing packages without starting their services\nexit 101\n' | as_root tee "$policy" >/dev/null
+  as_root chmod 755 "$policy"
   added_policy=true
 fi
 cleanup() {
   if [ "$added_policy" = true ]; then
-    "${sudo[@]}" rm -f "$policy"
+    as_root rm -f "$policy"
   fi
 }
 trap cleanup EXIT
 
-export DEBIAN_FRONTEND=noninteractive
-"${sudo[@]}" apt-get update -q
-"${sudo[@]}" apt-get install -y -q --no-install-recommends prometheus
+apt_install prometheus
 command -v prometheus >/dev/null && command -v promtool >/dev/null

@@ -4,20 +4,15 @@
 # unprivileged user. The S3 server (moto) comes with the Python dev dependencies.
 # Idempotent: does nothing when the programs are there.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../apt.bash"
 
 if compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
   echo "PostgreSQL server programs found: $(compgen -G '/usr/lib/postgresql/*/bin' | sort -V | tail -1)"
   exit 0
 fi
 
-sudo=()
-if [ "$(id -u)" -ne 0 ]; then
-  sudo=(sudo)
-fi
 # The tests make their own throwaway clusters: keep the package from creating and starting one.
-"${sudo[@]}" mkdir -p /etc/postgresql-common/createcluster.d
-echo "create_main_cluster = false" | "${sudo[@]}" tee /etc/postgresql-common/createcluster.d/mlpipe.conf >/dev/null
-export DEBIAN_FRONTEND=noninteractive
-"${sudo[@]}" apt-get update -q
-"${sudo[@]}" apt-get install -y -q --no-install-recommends postgresql
+as_root mkdir -p /etc/postgresql-common/createcluster.d
+echo "create_main_cluster = false" | as_root tee /etc/postgresql-common/createcluster.d/mlpipe.conf >/dev/null
+apt_install postgresql
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null
