@@ -1,4 +1,4 @@
-"""Datasets as arrays: loading a configured source, and reading/writing the prepared splits."""
+"""Labelled images as arrays, the prepared data's schema, and reading/writing the prepared splits."""
 
 from __future__ import annotations
 
