@@ -28,6 +28,7 @@ RELEASE_COMPONENT = Path("release")
 SECRET_TEMPLATE = Path("base/s3-secret.template.yaml")
 # The ConfigMap deploy/release/ reads the release's values from.
 RELEASE_VALUES = "mlpipe-release"
+RELEASE_VALUES_FILE = "release-values.yaml"
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 # Schemes KServe's storage initializer downloads from.
 STORAGE_SCHEMES = ("s3://", "gs://", "pvc://", "https://", "hdfs://", "webhdfs://")
@@ -136,7 +137,7 @@ def release_kustomization(overlay: Path, component: Path, canary: int | None) ->
     kustomization: Manifest = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": [str(overlay), "release-values.yaml"],
+        "resources": [str(overlay), RELEASE_VALUES_FILE],
         "components": [str(component)],
     }
     if canary is not None:
@@ -180,7 +181,7 @@ def render_manifests(
         kustomization = release_kustomization(relative["overlay"], relative["component"], canary)
         (root / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
         values = release_values(image, storage_uri, model_name)
-        (root / "release-values.yaml").write_text(yaml.safe_dump(values), encoding="utf-8")
+        (root / RELEASE_VALUES_FILE).write_text(yaml.safe_dump(values), encoding="utf-8")
         manifests = kustomize(root)
     for manifest in manifests:
         if found := PLACEHOLDER.search(json.dumps(manifest)):
