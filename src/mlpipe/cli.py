@@ -182,6 +182,20 @@ def verify() -> None:
     typer.echo(verification.run())
 
 
+runcache_app = typer.Typer(help="DVC's run cache, shared between clones.", no_args_is_help=True)
+app.add_typer(runcache_app, name="runcache")
+
+
+@runcache_app.command("push")
+def runcache_push() -> None:
+    """`dvc push --run-cache`, plus the outputs another clone's restore fetches from the default
+    remote (the metrics and plots kept in git among them): what CI runs after `dvc repro`."""
+    from mlpipe import runcache
+
+    result = runcache.push(Path.cwd())
+    typer.echo(f"{result.transferred} files pushed; {result.outputs} outputs beside the run cache")
+
+
 @app.command()
 def drift(
     model_dir: Annotated[

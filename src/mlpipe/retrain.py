@@ -4,7 +4,7 @@ The raw dataset (``data.source`` in params.yaml) is a DVC import of an outside l
 (`dvc import-url`). Retrain runs `dvc update` on it; when the data is the same it stops there.
 Otherwise it reproduces the pipeline, judges the result with the gate against the registry's
 `champion`, commits the updated ``.dvc`` file, dvc.lock and the committed reports on a new branch
-``retrain/data-<hash prefix>``, pushes the outputs (`dvc push --run-cache`) and the branch, and
+``retrain/data-<hash prefix>``, pushes the outputs (`mlpipe runcache push`) and the branch, and
 opens a merge request whose description is `mlpipe report` against the base branch.
 
 It never commits to the base branch and never promotes: `champion` moves only when a reviewer
@@ -314,8 +314,13 @@ def _retrain(
     except MlpipeError as e:
         raise RetrainError(f"retrain failed at `mlpipe report`: {e}") from e
 
-    log.info("dvc push --run-cache")
-    _dvc("`dvc push --run-cache`", "push", "--run-cache")
+    from mlpipe import runcache
+
+    log.info("pushing the outputs and the run cache")
+    try:
+        runcache.push(Path.cwd())
+    except MlpipeError as e:
+        raise RetrainError(f"retrain failed at `mlpipe runcache push`: {e}") from e
     if not _push_new_branch(remote, branch):
         return _done_before(branch, gitlab)
     if gitlab is None:

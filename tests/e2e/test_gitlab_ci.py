@@ -184,7 +184,7 @@ def test_repro_runs_the_pipeline_on_the_gpu_runner(preview: dict[str, Any]) -> N
     # the log says whether main restored the merge request's results or had to retrain
     assert "^Running stage" in says_what_ran and "retrained" in says_what_ran
     assert "nothing retrained" in says_what_ran
-    assert push == "dvc push --run-cache"
+    assert push == "mlpipe runcache push"
     assert subprocess.run(["bash", "-n", "-c", says_what_ran], check=False).returncode == 0
     assert {"reports/", "dvc.lock"} <= set(repro["artifacts"]["paths"])
     assert [cache["paths"] for cache in repro["cache"]] == [[".dvc/cache"]]

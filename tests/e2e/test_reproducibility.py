@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 
 MODEL = "models/model.pt"
 TRAIN_RESULTS = (MODEL, "reports/train_metrics.json", "reports/train_history.csv")
+STAGES = ("prepare", "train", "evaluate", "package")
 
 
 def digest(path: Path) -> str:
@@ -118,7 +119,7 @@ def test_the_main_clone_restores_what_the_merge_request_clone_trained(tmp_path: 
     clone_a, clone_b = tmp_path / "a", tmp_path / "b"
     run("git", "clone", "-q", str(origin), str(clone_a), cwd=tmp_path)
     run("dvc", "repro", cwd=clone_a)
-    run("dvc", "push", "--run-cache", cwd=clone_a)
+    run("mlpipe", "runcache", "push", cwd=clone_a)
     run("git", "add", "dvc.lock", "reports", cwd=clone_a)
     run("git", "commit", "-qm", "results", cwd=clone_a)
     run("git", "push", "-q", "origin", "HEAD:merged", cwd=clone_a)
@@ -131,23 +132,28 @@ def test_the_main_clone_restores_what_the_merge_request_clone_trained(tmp_path: 
     assert json.loads(run("dvc", "status", "--json", cwd=clone_b).stdout) == {}
 
 
-def test_a_clone_restores_a_stage_from_the_shared_run_cache(tmp_path: Path) -> None:
-    """Same commit, only the DVC remote shared: a stage whose outputs are all cached comes back
-    from the pushed run cache instead of running."""
+def test_a_clone_of_the_same_commit_restores_every_stage_from_the_shared_remote(tmp_path: Path) -> None:
+    """Same commit, only the DVC remotes shared, nothing committed after the run: clone A runs
+    the pipeline and pushes (what CI runs), clone B pulls the run cache and runs no stage."""
     origin = make_project(tmp_path / "origin")
-    run("dvc", "remote", "add", "-f", "-d", "data", str(tmp_path / "remote"), cwd=origin)
-    run("git", "commit", "-qam", "remote", cwd=origin)
+    remote = tmp_path / "remote"
+    run("dvc", "remote", "add", "-f", "-d", "data", str(remote / "data"), cwd=origin)
+    run("dvc", "remote", "add", "-f", "models", str(remote / "models"), cwd=origin)
+    run("git", "commit", "-qam", "remotes", cwd=origin)
     clone_a, clone_b = tmp_path / "a", tmp_path / "b"
     for clone in (clone_a, clone_b):
         run("git", "clone", "-q", str(origin), str(clone), cwd=tmp_path)
-    run("dvc", "repro", "prepare", cwd=clone_a)
-    run("dvc", "push", "--run-cache", cwd=clone_a)
+    assert stages_run(run("dvc", "repro", cwd=clone_a).stdout) == list(STAGES)
+    run("mlpipe", "runcache", "push", cwd=clone_a)
     run("dvc", "pull", "--run-cache", "--allow-missing", cwd=clone_b, check=False)
-    out = run("dvc", "repro", "--pull", "prepare", cwd=clone_b).stdout
-    assert "Stage 'prepare' is cached - skipping run, checking out outputs" in out
+    out = run("dvc", "repro", "--pull", cwd=clone_b).stdout
     assert stages_run(out) == []
-    for name in ("train_images.npy", "test_labels.npy", "schema.json"):
-        assert digest(clone_b / "data/prepared" / name) == digest(clone_a / "data/prepared" / name)
+    for stage in STAGES:
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in out
+    assert locked_outs(clone_b) == locked_outs(clone_a)
+    for name in locked_outs(clone_a):
+        if (clone_a / name).is_file():
+            assert digest(clone_b / name) == digest(clone_a / name), name
 
 
 def kill_midway(project: Path, stage: str, marker: str) -> None:
