@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -348,7 +348,10 @@ def run(
         try:
             yield current
         except BaseException:
-            mlflow_client.set_terminated(current.run_id, status="FAILED")
+            # The block's error is the one to report; a store that cannot take the status
+            # either leaves the run RUNNING, for close_abandoned_runs to end later.
+            with suppress(*store_errors()):
+                mlflow_client.set_terminated(current.run_id, status="FAILED")
             raise
         mlflow_client.set_terminated(current.run_id, status="FINISHED")
 

@@ -98,6 +98,21 @@ def _score(model: nn.Module, data: Tensors, loss_fn: nn.Module, batch_size: int)
     return loss, accuracy
 
 
+def optimisation(
+    model: nn.Module, params: TrainParams, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW and its one-cycle schedule: warm-up to ``lr`` over ``warmup_fraction`` of the
+    steps, then cosine annealing; the schedule steps once per batch."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=params.lr,
+        total_steps=params.epochs * steps_per_epoch,
+        pct_start=params.warmup_fraction,
+    )
+    return optimizer, schedule
+
+
 def fit(
     model: nn.Module,
     train: Tensors,
@@ -107,18 +122,11 @@ def fit(
     generator: torch.Generator,
     world: distributed.World = distributed.SINGLE_PROCESS,
 ) -> Iterator[Epoch]:
-    """The training loop: shuffled mini-batches, AdamW, a one-cycle learning-rate schedule
-    (warm-up over ``warmup_fraction`` of the steps, then cosine annealing); yields each epoch
-    as it ends. Under torchrun `train` is this rank's shard and the records cover all ranks."""
+    """The training loop: shuffled mini-batches, AdamW with a one-cycle learning-rate schedule
+    (``optimisation``); yields each epoch as it ends. Under torchrun `train` is this rank's
+    shard and the records cover all ranks."""
     batch_size = world.local_batch_size(params.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    steps_per_epoch = -(-len(train.labels) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=params.lr,
-        total_steps=params.epochs * steps_per_epoch,
-        pct_start=params.warmup_fraction,
-    )
+    optimizer, schedule = optimisation(model, params, steps_per_epoch=-(-len(train.labels) // batch_size))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
     amp = params.amp and device.type == "cuda"
     step_model = world.wrap(model, device)
