@@ -124,6 +124,20 @@ class CallTimer:
 
         return timed
 
+    def wrap_iteration(self, function: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        """For a generator: the time from its first item to its end, the consumer's included."""
+
+        @functools.wraps(function)
+        def timed(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            started = time.perf_counter()
+            try:
+                yield from function(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+                self.calls += 1
+
+        return timed
+
 
 @contextlib.contextmanager
 def timing_mlflow() -> Iterator[tuple[CallTimer, CallTimer, CallTimer]]:
@@ -135,16 +149,17 @@ def timing_mlflow() -> Iterator[tuple[CallTimer, CallTimer, CallTimer]]:
     every, epochs, loop = CallTimer(), CallTimer(), CallTimer()
     originals: list[tuple[Any, str, Any]] = []
 
-    def patch(owner: Any, name: str, timer: CallTimer) -> None:
+    def patch(owner: Any, name: str, timer: CallTimer, iterates: bool = False) -> None:
         originals.append((owner, name, getattr(owner, name)))
-        setattr(owner, name, timer.wrap(getattr(owner, name)))
+        wrap = timer.wrap_iteration if iterates else timer.wrap
+        setattr(owner, name, wrap(getattr(owner, name)))
 
     for name, member in vars(MlflowClient).items():
         if inspect.isfunction(member) and not name.startswith("_"):
             patch(MlflowClient, name, every)
     patch(tracking, "client", every)
     patch(tracking.EpochLog, "flush", epochs)
-    patch(train, "fit", loop)
+    patch(train, "fit", loop, iterates=True)
     try:
         yield every, epochs, loop
     finally:

@@ -271,8 +271,8 @@ def register(
         run_id=run_id,
         run_name=f"package-{origin.git_commit[:8]}",
         tags=None if run_id else tags,
-    ) as rid:
-        tracking.log_metrics(mlflow_client, rid, {k: v for k, v in info["metrics"].items()})
+    ) as mlflow_run:
+        mlflow_run.log_metrics(info["metrics"])
         for report in (
             paths.METRICS_FILE,
             paths.PER_CLASS_FILE,
@@ -280,22 +280,30 @@ def register(
             paths.CONFUSION_PNG,
             paths.MISCLASSIFIED_PNG,
         ):
-            mlflow_client.log_artifact(rid, str(report), "evaluate")
-        mlflow_client.log_artifacts(rid, str(package_dir), "package")
-        package_uri = mlflow_client.get_run(rid).info.artifact_uri.rstrip("/") + "/package"
-        log.info("logged the package to run %s; registering it", rid)
-        version = tracking.register_onnx(
-            mlflow_client,
-            name=info["name"],
-            onnx_bytes=onnx_bytes,
-            input_example=example.astype(np.float32),
-            pip_requirements=_requirements(),
-            version_tags={
-                **tags,
-                tracking.CHECKPOINT_TAG: checkpoint_sha,
-                tracking.PACKAGE_URI_TAG: package_uri,
-                "mlpipe.test_accuracy": str(info["metrics"]["test_accuracy"]),
-            },
-            alias=tracking.CANDIDATE,
-        )
-    log.info("registered %s version %s as @%s (run %s)", info["name"], version, tracking.CANDIDATE, rid)
+            mlflow_run.log_artifact(report, "evaluate")
+        mlflow_run.log_artifacts(package_dir, "package")
+        package_uri = mlflow_run.artifact_uri + "/package"
+        log.info("logged the package to run %s; registering it", mlflow_run.run_id)
+        # Model logging exists only in MLflow's fluent API: the run is active for that call only.
+        with mlflow_run.active():
+            version = tracking.register_onnx(
+                mlflow_client,
+                name=info["name"],
+                onnx_bytes=onnx_bytes,
+                input_example=example.astype(np.float32),
+                pip_requirements=_requirements(),
+                version_tags={
+                    **tags,
+                    tracking.CHECKPOINT_TAG: checkpoint_sha,
+                    tracking.PACKAGE_URI_TAG: package_uri,
+                    "mlpipe.test_accuracy": str(info["metrics"]["test_accuracy"]),
+                },
+                alias=tracking.CANDIDATE,
+            )
+    log.info(
+        "registered %s version %s as @%s (run %s)",
+        info["name"],
+        version,
+        tracking.CANDIDATE,
+        mlflow_run.run_id,
+    )

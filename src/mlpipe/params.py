@@ -66,6 +66,8 @@ class TrainParams(_Section):
     epochs: Annotated[int, Field(ge=1, le=10_000)] = 30
     batch_size: Annotated[int, Field(ge=1, le=65_536)] = 64
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.003
+    # share of the steps over which the one-cycle schedule warms up to `lr` before annealing
+    warmup_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 1e-4
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     seed: Seed = 42

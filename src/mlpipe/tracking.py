@@ -7,6 +7,10 @@ including queued ones that execute in temporary copies of the repository.
 With a tracking server, a stage checks the server and its artifact store before it starts
 its work and stops, naming the endpoint, if either does not answer. A failure during a run
 becomes a TrackingError that names the endpoint; the stages then keep their previous outputs.
+
+Every call goes through an explicit ``MlflowClient`` for the configured store (``client()``),
+and a stage records through a ``Run``; nothing here sets MLflow's global tracking URI, except
+``Run.active`` for the length of a model logging call that has no client form.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -134,7 +138,6 @@ def client() -> MlflowClient:
 
     uri = tracking_uri()
     check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
     mlflow_client = mlflow.MlflowClient(uri)
     with reported("looking up the experiment"):
         location = mlflow_client.get_experiment(experiment_id(mlflow_client)).artifact_location
@@ -205,19 +208,6 @@ def close_abandoned_runs(mlflow_client: MlflowClient) -> list[str]:
     return closed
 
 
-def log_dataset(mlflow_client: MlflowClient, run_id: str, data_hash: str, context: str) -> None:
-    """Record the DVC data version as the run's dataset input (the MLflow UI shows it)."""
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.entities import DatasetInput, InputTag
-    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
-    dataset = MetaDataset(
-        source=_dvc_source(), name=paths.PREPARED_DIR.as_posix(), digest=data_hash.split(":")[-1][:36]
-    )
-    inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])]
-    mlflow_client.log_inputs(run_id, datasets=inputs)
-
-
 def _dvc_source() -> object:
     from mlflow.data.http_dataset_source import HTTPDatasetSource
 
@@ -245,6 +235,90 @@ def flatten(sections: Mapping[str, Mapping[str, object]]) -> dict[str, str]:
     }
 
 
+class Run:
+    """One MLflow run and everything a stage records on it (params, metrics, tags, inputs,
+    artifacts), each through the explicit client the stage checked at its start."""
+
+    def __init__(self, mlflow_client: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id = mlflow_client, run_id
+
+    @property
+    def artifact_uri(self) -> str:
+        """Where the run's artifacts live (``s3://…``, ``file://…``), without a trailing slash."""
+        return self.client.get_run(self.run_id).info.artifact_uri.rstrip("/")
+
+    def log_params(self, params: Mapping[str, object]) -> None:
+        """Log params in one call."""
+        from mlflow.entities import Param
+
+        batch = [Param(key, str(value)) for key, value in params.items()]
+        self.client.log_batch(self.run_id, params=batch, synchronous=True)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Log several metrics in one call (one round trip, not one per value)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set several tags in one call."""
+        from mlflow.entities import RunTag
+
+        batch = [RunTag(key, str(value)) for key, value in tags.items()]
+        self.client.log_batch(self.run_id, tags=batch, synchronous=True)
+
+    def log_dataset(self, data_hash: str, context: str) -> None:
+        """Record the DVC data version as the run's dataset input (the MLflow UI shows it)."""
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        dataset = MetaDataset(
+            source=_dvc_source(), name=paths.PREPARED_DIR.as_posix(), digest=data_hash.split(":")[-1][:36]
+        )
+        inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def log_artifact(self, local: Path, folder: str, name: str | None = None) -> None:
+        """Log ``local`` under ``folder/name`` (default: its own name); a staged file's
+        temporary name is not its real one."""
+        if name is None or name == local.name:
+            self.client.log_artifact(self.run_id, str(local), folder)
+            return
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            named = Path(tmp) / name
+            shutil.copyfile(local, named)
+            self.client.log_artifact(self.run_id, str(named), folder)
+
+    def log_artifacts(self, local_dir: Path, folder: str) -> None:
+        """Log every file under ``local_dir`` below ``folder``."""
+        self.client.log_artifacts(self.run_id, str(local_dir), folder)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """This run as MLflow's active run, on this client's store, for the block only.
+
+        For the few MLflow APIs that exist only in the fluent form and take no client (logging a
+        model: ``mlflow.<flavor>.log_model``, ``mlflow.register_model``). The global tracking URI
+        they read is set for the block and restored after it. Leaving the block ends the fluent
+        run as MLflow does (FINISHED, or FAILED on an error), so use it last in a ``run`` block.
+        """
+        import mlflow
+
+        previous = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
+        mlflow.set_tracking_uri(self.client.tracking_uri)
+        try:
+            with mlflow.start_run(run_id=self.run_id):
+                yield
+        finally:
+            mlflow.set_tracking_uri(previous)
+
+
 @contextmanager
 def run(
     mlflow_client: MlflowClient,
@@ -252,37 +326,34 @@ def run(
     run_id: str | None = None,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
-) -> Iterator[str]:
-    """Start a run (or resume ``run_id``) as MLflow's active run; FAILED if the block raises.
+) -> Iterator[Run]:
+    """Start a run (or resume ``run_id``); FINISHED when the block ends, FAILED if it raises.
 
-    A tracking or artifact store failure in the block is raised as a TrackingError.
+    A new run gets MLflow's own context tags (user, source) besides ``tags``, as the fluent
+    ``mlflow.start_run`` would give it. A tracking or artifact store failure in the block is
+    raised as a TrackingError.
     """
-    import mlflow
+    from mlflow.tracking.context.registry import resolve_tags
 
-    if run_id:  # resuming keeps the run's name
-        experiment, run_name = None, None
-    else:
-        experiment = experiment_id(mlflow_client)
-    with (
-        reported(f"tracking run {run_id or run_name}"),
-        mlflow.start_run(
-            run_id=run_id, experiment_id=experiment, run_name=run_name, tags=dict(tags or {})
-        ) as active,
-    ):
-        if run_id:  # this process holds the run now (close_abandoned_runs)
-            mlflow_client.set_tag(run_id, OWNER_TAG, owner())
-        yield active.info.run_id
-
-
-def log_metrics(
-    mlflow_client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0
-) -> None:
-    """Log several metrics in one call (one round trip per epoch, not per value)."""
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-    mlflow_client.log_batch(run_id, metrics=batch, synchronous=True)
+    with reported(f"tracking run {run_id or run_name}"):
+        if run_id:  # resuming keeps the run's name and tags; this process holds it now
+            mlflow_client.update_run(run_id, status="RUNNING")
+            current = Run(mlflow_client, run_id)
+            current.set_tags({OWNER_TAG: owner(), **(tags or {})})
+        else:
+            created = mlflow_client.create_run(
+                experiment_id(mlflow_client), run_name=run_name, tags=resolve_tags(dict(tags or {}))
+            )
+            current = Run(mlflow_client, created.info.run_id)
+        try:
+            yield current
+        except BaseException:
+            # The block's error is the one to report; a store that cannot take the status
+            # either leaves the run RUNNING, for close_abandoned_runs to end later.
+            with suppress(*store_errors()):
+                mlflow_client.set_terminated(current.run_id, status="FAILED")
+            raise
+        mlflow_client.set_terminated(current.run_id, status="FINISHED")
 
 
 class EpochLog:
@@ -293,8 +364,8 @@ class EpochLog:
     still noticed within ``interval`` seconds.
     """
 
-    def __init__(self, mlflow_client: MlflowClient, run_id: str, interval: float = 2.0) -> None:
-        self._client, self._run_id, self._interval = mlflow_client, run_id, interval
+    def __init__(self, run: Run, interval: float = 2.0) -> None:
+        self._run, self._interval = run, interval
         self._pending: list[Metric] = []
         self._last_sent = time.monotonic()
 
@@ -310,27 +381,9 @@ class EpochLog:
     def flush(self) -> None:
         """Send whatever is pending."""
         if self._pending:
-            self._client.log_batch(self._run_id, metrics=self._pending, synchronous=True)
+            self._run.client.log_batch(self._run.run_id, metrics=self._pending, synchronous=True)
             self._pending = []
         self._last_sent = time.monotonic()
-
-
-def log_params(mlflow_client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
-    """Log params in one call."""
-    from mlflow.entities import Param
-
-    mlflow_client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()], synchronous=True)
-
-
-def log_artifact_as(mlflow_client: MlflowClient, run_id: str, local: Path, folder: str, name: str) -> None:
-    """Log ``local`` under ``folder/name`` (a staged file's temporary name is not its real one)."""
-    import shutil
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        named = Path(tmp) / name
-        shutil.copyfile(local, named)
-        mlflow_client.log_artifact(run_id, str(named), folder)
 
 
 def checkpoint_digest(path: Path) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -19,7 +21,7 @@ from mlpipe.errors import MlpipeError
 from mlpipe.model import Checkpoint, ConvNet, predict_logits, save_checkpoint
 from mlpipe.params import Params, TrainParams
 from mlpipe.preprocessing import Preprocessing
-from mlpipe.tuning.reporter import report_epoch
+from mlpipe.tuning.reporter import report_epoch, trial_tags
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +68,49 @@ def seed_everything(seed: int, device: torch.device, deterministic: bool) -> tor
     return torch.Generator().manual_seed(seed)
 
 
+# Validation is forward-only under no_grad, so its batch can be far larger than the training
+# batch: fewer, larger calls are faster, and batch norm in eval mode makes each example's
+# logits independent of its batch. 1,024 small images fit in memory on any device this runs on.
+VALIDATION_BATCH_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """One epoch of training: mean loss and accuracy over the batches (all ranks), the
+    validation split's loss and accuracy afterwards, and the learning rate at its end."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+
+    def metrics(self) -> dict[str, float]:
+        """Every measured value, by name (the epoch is the step, not a metric)."""
+        return {name: value for name, value in asdict(self).items() if name != "epoch"}
+
+
 def _score(model: nn.Module, data: Tensors, loss_fn: nn.Module, batch_size: int) -> tuple[float, float]:
     logits = predict_logits(model, data.inputs, batch_size)
     loss = float(loss_fn(logits, data.labels))
     accuracy = float((logits.argmax(1) == data.labels).float().mean())
     return loss, accuracy
+
+
+def optimisation(
+    model: nn.Module, params: TrainParams, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW and its one-cycle schedule: warm-up to ``lr`` over ``warmup_fraction`` of the
+    steps, then cosine annealing; the schedule steps once per batch."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=params.lr,
+        total_steps=params.epochs * steps_per_epoch,
+        pct_start=params.warmup_fraction,
+    )
+    return optimizer, schedule
 
 
 def fit(
@@ -80,22 +120,17 @@ def fit(
     params: TrainParams,
     device: torch.device,
     generator: torch.Generator,
-    on_epoch: callable,  # type: ignore[valid-type]
     world: distributed.World = distributed.SINGLE_PROCESS,
-) -> list[dict[str, float]]:
-    """The training loop: shuffled mini-batches, AdamW, cosine schedule; returns the history.
-    Under torchrun `train` is this rank's shard and the history covers all ranks."""
+) -> Iterator[Epoch]:
+    """The training loop: shuffled mini-batches, AdamW with a one-cycle learning-rate schedule
+    (``optimisation``); yields each epoch as it ends. Under torchrun `train` is this rank's
+    shard and the records cover all ranks."""
     batch_size = world.local_batch_size(params.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    steps_per_epoch = -(-len(train.labels) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=params.lr, total_steps=params.epochs * steps_per_epoch, pct_start=0.15
-    )
+    optimizer, schedule = optimisation(model, params, steps_per_epoch=-(-len(train.labels) // batch_size))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
     amp = params.amp and device.type == "cuda"
     step_model = world.wrap(model, device)
     step_model = torch.compile(step_model) if params.compile else step_model
-    history = []
     for epoch in range(1, params.epochs + 1):
         model.train()
         order = torch.randperm(len(train.labels), generator=generator).to(device)
@@ -124,26 +159,22 @@ def fit(
             correct += (logits.argmax(1) == labels).sum()
         seen_all, loss_sum, correct = world.sum(torch.tensor(float(seen), device=device), loss_sum, correct)
         seen = int(seen_all)
-        val_loss, val_accuracy = _score(model, val, loss_fn, max(params.batch_size, 1024))
-        record = {
-            "epoch": epoch,
-            "train_loss": float(loss_sum) / max(seen, 1),
-            "train_accuracy": float(correct) / max(seen, 1),
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
-            "lr": schedule.get_last_lr()[0],
-        }
-        history.append(record)
-        on_epoch(record)
-    return history
-
-
-def _history_csv(history: list[dict[str, float]]) -> str:
-    lines = [",".join(HISTORY_COLUMNS)]
-    for row in history:
-        lines.append(
-            ",".join(str(row["epoch"]) if c == "epoch" else f"{row[c]:.6g}" for c in HISTORY_COLUMNS)
+        val_loss, val_accuracy = _score(model, val, loss_fn, max(params.batch_size, VALIDATION_BATCH_SIZE))
+        yield Epoch(
+            epoch=epoch,
+            train_loss=float(loss_sum) / max(seen, 1),
+            train_accuracy=float(correct) / max(seen, 1),
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
+            lr=schedule.get_last_lr()[0],
         )
+
+
+def _history_csv(history: list[Epoch]) -> str:
+    lines = [",".join(HISTORY_COLUMNS)]
+    for record in history:
+        values = asdict(record)
+        lines.append(",".join([str(record.epoch)] + [f"{values[c]:.6g}" for c in HISTORY_COLUMNS[1:]]))
     return "\n".join(lines) + "\n"
 
 
@@ -176,34 +207,30 @@ def _run(params: Params, world: distributed.World, device: torch.device) -> None
         len(val_split),
         sum(p.numel() for p in model.parameters()),
     )
-
+    epochs = fit(model, train_data, val_data, params.train, device, generator, world)
     if not world.is_main:
-        fit(model, train_data, val_data, params.train, device, generator, lambda _: None, world)
+        collections.deque(epochs, maxlen=0)  # train in step with rank 0; it records the run
         return
 
     run_name = origin.dvc_experiment or f"train-{origin.git_commit[:8]}"
-    with tracking.run(mlflow_client, run_name=run_name, tags=tracking.lineage_tags(origin)) as run_id:
-        tracking.log_params(
-            mlflow_client,
-            run_id,
-            tracking.flatten(params.model_dump(include={"data", "model", "train"})),
-        )
-        tracking.log_dataset(mlflow_client, run_id, origin.inputs.data_hash, "training")
+    tags = tracking.lineage_tags(origin) | trial_tags()
+    with tracking.run(mlflow_client, run_name=run_name, tags=tags) as mlflow_run:
+        mlflow_run.log_params(tracking.flatten(params.model_dump(include={"data", "model", "train"})))
+        mlflow_run.log_dataset(origin.inputs.data_hash, "training")
+        epoch_log = tracking.EpochLog(mlflow_run)
         started = time.perf_counter()
-        epoch_log = tracking.EpochLog(mlflow_client, run_id)
-
-        def on_epoch(record: dict[str, float]) -> None:
+        history = []
+        for record in epochs:
             log.info(
                 "epoch %d: train_loss %.4f val_loss %.4f val_accuracy %.4f",
-                record["epoch"],
-                record["train_loss"],
-                record["val_loss"],
-                record["val_accuracy"],
+                record.epoch,
+                record.train_loss,
+                record.val_loss,
+                record.val_accuracy,
             )
-            epoch_log.add(int(record["epoch"]), {k: v for k, v in record.items() if k != "epoch"})
-            report_epoch(record)  # a no-op unless `mlpipe tune` runs this training as a trial
-
-        history = fit(model, train_data, val_data, params.train, device, generator, on_epoch, world)
+            epoch_log.add(record.epoch, record.metrics())
+            report_epoch(record.epoch, record.metrics())  # a no-op unless `mlpipe tune` runs a trial
+            history.append(record)
         epoch_log.flush()
         seconds = time.perf_counter() - started
 
@@ -214,7 +241,7 @@ def _run(params: Params, world: distributed.World, device: torch.device) -> None
             preprocessing,
             {k: v.cpu() for k, v in model.state_dict().items()},
         )
-        final = {k: round(v, 6) for k, v in history[-1].items() if k not in ("epoch", "lr")}
+        final = {k: round(v, 6) for k, v in history[-1].metrics().items() if k != "lr"}
         # The outputs move into place together, and only once MLflow holds them: a tracking
         # failure leaves the previous outputs.
         with atomic.replace_files(TRAIN_OUTPUTS) as staged:
@@ -222,21 +249,22 @@ def _run(params: Params, world: distributed.World, device: torch.device) -> None
             atomic.write_text(staged[paths.TRAIN_HISTORY_FILE], _history_csv(history))
             atomic.write_json(staged[paths.TRAIN_METRICS_FILE], final)
 
-            digest = tracking.checkpoint_digest(staged[paths.CHECKPOINT_FILE])
-            mlflow_client.set_tag(run_id, tracking.CHECKPOINT_TAG, digest)
-            mlflow_client.set_tag(run_id, tracking.TAG_PREFIX + "device", str(device))
-            mlflow_client.set_tag(run_id, tracking.TAG_PREFIX + "world_size", str(world.size))
-            mlflow_client.set_tag(run_id, tracking.TAG_PREFIX + "backend", world.backend or "none")
-            tracking.log_metrics(
-                mlflow_client,
-                run_id,
+            mlflow_run.set_tags(
+                {
+                    tracking.CHECKPOINT_TAG: tracking.checkpoint_digest(staged[paths.CHECKPOINT_FILE]),
+                    tracking.TAG_PREFIX + "device": str(device),
+                    tracking.TAG_PREFIX + "world_size": str(world.size),
+                    tracking.TAG_PREFIX + "backend": world.backend or "none",
+                }
+            )
+            mlflow_run.log_metrics(
                 {
                     "train_seconds": seconds,
                     "train_samples_per_second": params.train.epochs * len(train_split) / seconds,
-                },
+                }
             )
-            for out, artifact in staged.items():
-                tracking.log_artifact_as(mlflow_client, run_id, artifact, "train", out.name)
+            for output, staged_file in staged.items():
+                mlflow_run.log_artifact(staged_file, "train", output.name)
     log.info(
         "wrote %s (val_accuracy %.4f) in %.1f s",
         paths.CHECKPOINT_FILE,

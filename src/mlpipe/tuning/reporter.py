@@ -1,9 +1,10 @@
 """The train loop's link to a running study: per-epoch reports and pruning.
 
 A no-op unless `mlpipe tune` started this process's trial, which it says in the environment
-variable ``TRIAL_ENV`` (the study's storage, name, trial and pruning settings). Then every
-epoch's validation metric goes to the study, the first epoch tags the active MLflow run with the
-study and trial, and a trial that trails the others stops with ``TrialPrunedError``.
+variable ``TRIAL_ENV`` (the study's storage, name, trial and pruning settings). Then the
+training's MLflow run carries the study and trial as tags (``trial_tags``), every epoch's
+validation metric goes to the study, and a trial that trails the others stops with
+``TrialPrunedError``.
 """
 
 from __future__ import annotations
@@ -73,15 +74,18 @@ def current_link() -> TrialLink | None:
     return TrialLink.model_validate_json(raw) if raw else None
 
 
-def report_epoch(record: Mapping[str, float]) -> None:
+def trial_tags() -> dict[str, str]:
+    """The MLflow run tags naming this process's study and trial (none outside `mlpipe tune`)."""
+    link = current_link()
+    return {} if link is None else {STUDY_TAG: link.study, TRIAL_TAG: str(link.number)}
+
+
+def report_epoch(epoch: int, record: Mapping[str, float]) -> None:
     """Report one epoch's validation metric to the study; raise TrialPrunedError if it says stop."""
     link = current_link()
     if link is None:
         return
-    epoch = int(record["epoch"])
     trial = _trial(link)
-    if epoch == 1:
-        _tag_mlflow_run(link)
     trial.report(float(record[link.prune_metric or "val_accuracy"]), epoch)
     if link.prune_metric is not None and trial.should_prune():
         trial.set_user_attr(PRUNED_ATTR, epoch)
@@ -89,10 +93,3 @@ def report_epoch(record: Mapping[str, float]) -> None:
             f"trial {link.number} of study {link.study!r} pruned at epoch {epoch}: "
             f"{link.prune_metric} {record[link.prune_metric]:.4f} trails the median of earlier trials"
         )
-
-
-def _tag_mlflow_run(link: TrialLink) -> None:
-    import mlflow
-
-    if mlflow.active_run() is not None:
-        mlflow.set_tags({STUDY_TAG: link.study, TRIAL_TAG: str(link.number)})

@@ -366,7 +366,7 @@ class Tuner:
             client.set_tag(run_id, STATE_TAG, state)
             numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
             if numeric:
-                tracking.log_metrics(client, run_id, numeric)
+                tracking.Run(client, run_id).log_metrics(numeric)
             if state == "pruned":
                 client.set_terminated(run_id, "KILLED")
             return run_id
