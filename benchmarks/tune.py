@@ -67,6 +67,41 @@ def study_rows(project: Path, study: str) -> list[tuple[int, float, float, float
     return rows
 
 
+# Lines a trial prints, in order, that mark where its time goes (DVC's and the stages' logs).
+MILESTONES = (
+    ("DVC: start-up, temporary copy, stage collection", "Running stage 'train'"),
+    ("train: Python, torch and MLflow start-up, data", "mlpipe.train: training on"),
+    ("train: fit loop", "mlpipe.train: wrote"),
+    ("train: exit; DVC saves its outputs", "Running stage 'evaluate'"),
+    ("evaluate: start-up, test set, plots", "Ran experiment"),
+)
+
+
+def breakdown(project: Path, name: str, assignment: str) -> list[tuple[str, float]]:
+    """Seconds between the milestones of one trial's experiment, the command `mlpipe tune` runs."""
+    command = [sys.executable, "-m", "mlpipe.tuning.experiment", name, "evaluate", assignment]
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert process.stdout is not None
+    seen: dict[str, float] = {}
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        for _, marker in MILESTONES:
+            if marker in line and marker not in seen:
+                seen[marker] = time.perf_counter() - started
+    if process.wait() != 0 or len(seen) < len(MILESTONES):
+        sys.exit(f"{' '.join(command)} failed or printed no milestones:\n{''.join(lines[-20:])}")
+    rows, previous = [], 0.0
+    for label, marker in MILESTONES:
+        rows.append((label, seen[marker] - previous))
+        previous = seen[marker]
+    rows.append(("DVC: commits the experiment, exits", time.perf_counter() - started - previous))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=3, help="trials timed for the overhead")
@@ -98,6 +133,13 @@ def main() -> None:
                 f"| after: trial {number} of `mlpipe tune` | {wall:.1f} s | {fit:.1f} s | {duration:.1f} s "
                 f"| {wall / duration:.1f}× |"
             )
+
+        print("\n| where one trial's time goes | seconds |")
+        print("|---|---:|")
+        rows = breakdown(project, "breakdown", "train.lr=0.0032")
+        for label, seconds in rows:
+            print(f"| {label} | {seconds:.1f} |")
+        print(f"| total | {sum(seconds for _, seconds in rows):.1f} |")
 
         if args.compare:
             print("\n| study | trials | best test_accuracy | wall time |")
