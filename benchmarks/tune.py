@@ -3,11 +3,13 @@
 1. Before: one plain `dvc exp run` (every stage, `package` included) vs its training time.
 2. After: `--trials` trials of `mlpipe tune` (stages up to `evaluate`, pruning off): each trial's
    wall time (Optuna's start to end) vs its training time.
-3. With `--compare N`: a study of N TPE trials and one of N random trials over tune.yaml's space
+3. Where one trial's time goes: the command a trial runs, timed between the lines DVC and the
+   stages print; and what each of its processes spends on start-up (imports, the MLflow store).
+4. With `--compare N`: a study of N TPE trials and one of N random trials over tune.yaml's space
    (pruning as tune.yaml sets it): best test_accuracy and wall time of each.
 
-Training time: `train_seconds` (the fit loop) and the MLflow run's duration (data loading, fit,
-checkpoint and logging), both from the training's MLflow run.
+Training time: `train_seconds` (the fit loop) and the MLflow run's duration (fit, checkpoint and
+logging; the run starts after the data is loaded), both from the training's MLflow run.
 Usage: python benchmarks/tune.py [--trials 3] [--compare 20]
 """
 
@@ -77,6 +79,36 @@ MILESTONES = (
 )
 
 
+# What each process of a trial imports or opens before it does its work, in the order it does.
+STARTUPS = {
+    "trial's DVC process": ["import dvc.repo", "import dvc.repo.experiments"],
+    "mlpipe train": [
+        "import mlpipe.cli",
+        "import torch",
+        "import mlflow",
+        "from mlpipe import tracking; tracking.close_abandoned_runs(tracking.client())",
+    ],
+    "mlpipe evaluate": [
+        "import mlpipe.cli",
+        "import torch",
+        "import sklearn.metrics",
+        "import matplotlib.pyplot",
+    ],
+}
+
+
+def startup_costs(project: Path) -> list[tuple[str, str, float]]:
+    """(process, step, seconds) of each start-up step, timed in a fresh interpreter per process."""
+    rows = []
+    for process, steps in STARTUPS.items():
+        timed = "\n".join(
+            f"t = time.perf_counter()\n{step}\nprint(time.perf_counter() - t)" for step in steps
+        )
+        out = sh(sys.executable, "-c", f"import time\n{timed}", cwd=project)
+        rows += [(process, step, float(seconds)) for step, seconds in zip(steps, out.split(), strict=True)]
+    return rows
+
+
 def breakdown(project: Path, name: str, assignment: str) -> list[tuple[str, float]]:
     """Seconds between the milestones of one trial's experiment, the command `mlpipe tune` runs."""
     command = [sys.executable, "-m", "mlpipe.tuning.experiment", name, "evaluate", assignment]
@@ -141,21 +173,36 @@ def main() -> None:
             print(f"| {label} | {seconds:.1f} |")
         print(f"| total | {sum(seconds for _, seconds in rows):.1f} |")
 
+        print("\n| process | start-up step | seconds |")
+        print("|---|---|---:|")
+        for process, step, seconds in startup_costs(project):
+            print(f"| {process} | `{step}` | {seconds:.1f} |")
+
         if args.compare:
-            print("\n| study | trials | best test_accuracy | wall time |")
-            print("|---|---:|---:|---:|")
+            import optuna
+            from optuna.trial import TrialState
+
+            print("\n| study | trials | complete / pruned | best test_accuracy | wall time |")
+            print("|---|---:|---:|---:|---:|")
+            outputs = {}
             for sampler in ("tpe", "random"):
                 space = yaml.safe_load((ROOT / "tune.yaml").read_text())
                 write_space(project, f"compare-{sampler}", sampler={**space["sampler"], "name": sampler})
                 started = time.perf_counter()
-                sh("mlpipe", "tune", "--trials", str(args.compare), cwd=project)
+                outputs[sampler] = sh("mlpipe", "tune", "--trials", str(args.compare), cwd=project)
                 wall = time.perf_counter() - started
-                import optuna
-
-                best = optuna.load_study(
+                study = optuna.load_study(
                     study_name=f"compare-{sampler}", storage=f"sqlite:///{project / 'tune.db'}"
-                ).best_value
-                print(f"| {sampler} | {args.compare} | {best:.4f} | {wall / 60:.1f} min |")
+                )
+                complete, pruned = (
+                    len(study.get_trials(states=(state,)))
+                    for state in (TrialState.COMPLETE, TrialState.PRUNED)
+                )
+                print(
+                    f"| {sampler} | {args.compare} | {complete} / {pruned} | {study.best_value:.4f} "
+                    f"| {wall / 60:.1f} min |"
+                )
+            print(f"\n`mlpipe tune --trials {args.compare}` (TPE) printed:\n{outputs['tpe']}")
         print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 
