@@ -35,9 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from dvc.exceptions import DvcException
-    from dvc.logger import setup
+    from dvc.ui import ui
 
-    setup()  # DVC's own console logging, as its CLI sets it up
+    ui.enable()  # DVC's messages to the console, as its CLI prints them (its logging is set up on import)
     try:
         run_experiment(Path.cwd(), args.name, args.target, args.assignments)
     except DvcException as e:
