@@ -48,7 +48,8 @@ def training_time(project: Path, filter_string: str) -> tuple[float, float]:
 
 
 def write_space(project: Path, study: str, **changes: object) -> None:
-    space = yaml.safe_load((project / "tune.yaml").read_text())
+    """The repository's tune.yaml with ``changes``, as the clone's (never an earlier study's changes)."""
+    space = yaml.safe_load((ROOT / "tune.yaml").read_text())
     space.update(study=study, **changes)
     (project / "tune.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
 
@@ -74,7 +75,7 @@ MILESTONES = (
     ("DVC: start-up, temporary copy, stage collection", "Running stage 'train'"),
     ("train: Python, torch and MLflow start-up, data", "mlpipe.train: training on"),
     ("train: fit loop", "mlpipe.train: wrote"),
-    ("train: exit; DVC saves its outputs", "Running stage 'evaluate'"),
+    ("train: exit (artifacts to MLflow); DVC saves its outputs", "Running stage 'evaluate'"),
     ("evaluate: start-up, test set, plots; DVC commits the experiment", "Ran experiment"),
 )
 
