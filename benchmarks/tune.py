@@ -1,14 +1,16 @@
 """Trial overhead and sampler comparison of `mlpipe tune`, on a throwaway clone of this repository.
 
 1. Before: one plain `dvc exp run` (every stage, `package` included) vs its training time.
-2. After: `--trials` trials of `mlpipe tune` (stages up to `evaluate`, pruning off): each trial's
-   wall time (Optuna's start to end) vs its training time.
-3. With `--compare N`: a study of N TPE trials and one of N random trials over tune.yaml's space
+2. After: `--trials` trials of `mlpipe tune` (stages up to `evaluate`, pruning off) on the
+   default params but for train.lr: each trial's wall time (Optuna's start to end) vs its training.
+3. Where one trial's time goes: the command a trial runs, timed between the lines DVC and the
+   stages print; and what each of its processes spends on start-up (imports, the MLflow store).
+4. With `--compare N`: a study of N TPE trials and one of N random trials over tune.yaml's space
    (pruning as tune.yaml sets it): best test_accuracy and wall time of each.
 
-Training time: `train_seconds` (the fit loop) and the MLflow run's duration (data loading, fit,
-checkpoint and logging), both from the training's MLflow run.
-Usage: python -m benchmarks.tune [--trials 3] [--compare 20]
+Training time: `train_seconds` (the fit loop) and the MLflow run's duration (fit, checkpoint and
+logging; the run starts after the data is loaded), both from the training's MLflow run.
+Usage: python -m benchmarks.tune [--trials 3] [--compare 20 [--compare-epochs 10]]
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def training_time(project: Path, filter_string: str) -> tuple[float, float]:
 
 
 def write_space(project: Path, study: str, **changes: object) -> None:
-    space = yaml.safe_load((project / "tune.yaml").read_text())
+    """The repository's tune.yaml with ``changes``, as the clone's (never an earlier study's changes)."""
+    space = yaml.safe_load((ROOT / "tune.yaml").read_text())
     space.update(study=study, **changes)
     (project / "tune.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
 
@@ -68,10 +71,76 @@ def study_rows(project: Path, study: str) -> list[tuple[int, float, float, float
     return rows
 
 
+# Lines a trial prints, in order, that mark where its time goes (DVC's and the stages' logs).
+MILESTONES = (
+    ("DVC: start-up, temporary copy, stage collection", "Running stage 'train'"),
+    ("train: Python, torch and MLflow start-up, data", "mlpipe.train: training on"),
+    ("train: fit loop", "mlpipe.train: wrote"),
+    ("train: exit (artifacts to MLflow); DVC saves its outputs", "Running stage 'evaluate'"),
+    ("evaluate: start-up, test set, plots; DVC commits the experiment", "Ran experiment"),
+)
+
+
+# What each process of a trial imports or opens before it does its work, in the order it does.
+STARTUPS = {
+    "trial's DVC process": ["import dvc.repo", "import dvc.repo.experiments"],
+    "mlpipe train": [
+        "import mlpipe.cli",
+        "import torch",
+        "import mlflow",
+        "from mlpipe import tracking; tracking.close_abandoned_runs(tracking.client())",
+    ],
+    "mlpipe evaluate": [
+        "import mlpipe.cli",
+        "import torch",
+        "import sklearn.metrics",
+        "import matplotlib.pyplot",
+    ],
+}
+
+
+def startup_costs(project: Path) -> list[tuple[str, str, float]]:
+    """(process, step, seconds) of each start-up step, timed in a fresh interpreter per process."""
+    rows = []
+    for process, steps in STARTUPS.items():
+        timed = "\n".join(
+            f"t = time.perf_counter()\n{step}\nprint(time.perf_counter() - t)" for step in steps
+        )
+        out = sh(sys.executable, "-c", f"import time\n{timed}", cwd=project)
+        rows += [(process, step, float(seconds)) for step, seconds in zip(steps, out.split(), strict=True)]
+    return rows
+
+
+def breakdown(project: Path, name: str, assignment: str) -> list[tuple[str, float]]:
+    """Seconds between the milestones of one trial's experiment, the command `mlpipe tune` runs."""
+    command = [sys.executable, "-m", "mlpipe.tuning.experiment", name, "evaluate", assignment]
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert process.stdout is not None
+    seen: dict[str, float] = {}
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        for _, marker in MILESTONES:
+            if marker in line and marker not in seen:
+                seen[marker] = time.perf_counter() - started
+    if process.wait() != 0 or len(seen) < len(MILESTONES):
+        sys.exit(f"{' '.join(command)} failed or printed no milestones:\n{''.join(lines[-20:])}")
+    rows, previous = [], 0.0
+    for label, marker in MILESTONES:
+        rows.append((label, seen[marker] - previous))
+        previous = seen[marker]
+    rows.append(("DVC: cleans up, exits", time.perf_counter() - started - previous))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=3, help="trials timed for the overhead")
     parser.add_argument("--compare", type=int, default=0, help="trials of each study, TPE vs random")
+    parser.add_argument("--compare-epochs", type=int, help="train.epochs of the compared studies")
     args = parser.parse_args()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     with tempfile.TemporaryDirectory() as work:
@@ -92,29 +161,66 @@ def main() -> None:
             f"| {wall / duration:.1f}× |"
         )
 
-        write_space(project, "overhead", pruning={"enabled": False})
-        sh("mlpipe", "tune", "--trials", str(args.trials), cwd=project)
+        # the default params but for train.lr, nudged as in the run above so that each trial trains
+        lrs = [f"train.lr={0.0030 - 0.0001 * i:.4f}" for i in range(args.trials)]
+        write_space(
+            project,
+            "overhead",
+            pruning={"enabled": False},
+            params={"train.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}},
+        )
+        enqueued = [f"--enqueue={lr}" for lr in lrs]
+        sh("mlpipe", "tune", "--trials", str(args.trials), *enqueued, cwd=project)
         for number, wall, fit, duration in study_rows(project, "overhead"):
             print(
                 f"| after: trial {number} of `mlpipe tune` | {wall:.1f} s | {fit:.1f} s | {duration:.1f} s "
                 f"| {wall / duration:.1f}× |"
             )
 
+        print("\n| where one trial's time goes | seconds |")
+        print("|---|---:|")
+        rows = breakdown(project, "breakdown", "train.lr=0.0032")
+        for label, seconds in rows:
+            print(f"| {label} | {seconds:.1f} |")
+        print(f"| total | {sum(seconds for _, seconds in rows):.1f} |")
+
+        print("\n| process | start-up step | seconds |")
+        print("|---|---|---:|")
+        for process, step, seconds in startup_costs(project):
+            print(f"| {process} | `{step}` | {seconds:.1f} |")
+
         if args.compare:
-            print("\n| study | trials | best test_accuracy | wall time |")
-            print("|---|---:|---:|---:|")
+            import optuna
+            from optuna.trial import TrialState
+
+            if args.compare_epochs:
+                params = yaml.safe_load((project / "params.yaml").read_text())
+                params["train"]["epochs"] = args.compare_epochs
+                (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+                sh("git", "commit", "--quiet", "-am", f"{args.compare_epochs} epochs", cwd=project)
+            epochs = yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"]
+            print(f"\nstudies of train.epochs = {epochs}:")
+            print("\n| study | trials | complete / pruned | best test_accuracy | wall time |")
+            print("|---|---:|---:|---:|---:|")
+            outputs = {}
             for sampler in ("tpe", "random"):
                 space = yaml.safe_load((ROOT / "tune.yaml").read_text())
                 write_space(project, f"compare-{sampler}", sampler={**space["sampler"], "name": sampler})
                 started = time.perf_counter()
-                sh("mlpipe", "tune", "--trials", str(args.compare), cwd=project)
+                outputs[sampler] = sh("mlpipe", "tune", "--trials", str(args.compare), cwd=project)
                 wall = time.perf_counter() - started
-                import optuna
-
-                best = optuna.load_study(
+                study = optuna.load_study(
                     study_name=f"compare-{sampler}", storage=f"sqlite:///{project / 'tune.db'}"
-                ).best_value
-                print(f"| {sampler} | {args.compare} | {best:.4f} | {wall / 60:.1f} min |")
+                )
+                complete, pruned = (
+                    len(study.get_trials(states=(state,)))
+                    for state in (TrialState.COMPLETE, TrialState.PRUNED)
+                )
+                print(
+                    f"| {sampler} | {args.compare} | {complete} / {pruned} | {study.best_value:.4f} "
+                    f"| {wall / 60:.1f} min |"
+                )
+            print(f"\n`mlpipe tune --trials {args.compare}` (TPE) printed:\n{outputs['tpe']}")
         print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 

@@ -38,6 +38,16 @@ def write_space(project: Path, study: str, **overrides: Any) -> None:
     (project / "tune.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
 
 
+def write_lr_space(project: Path, study: str) -> None:
+    """A study of train.lr alone whose trials stop after train (a val_accuracy objective)."""
+    write_space(
+        project,
+        study,
+        objective={"metric": "val_accuracy", "direction": "maximize"},
+        params={"train.lr": {"type": "float", "low": 3.0e-3, "high": 5.0e-2, "log": True}},
+    )
+
+
 def tune(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return run("mlpipe", "tune", *args, cwd=project, check=check, timeout=TUNE_TIMEOUT)
 
@@ -157,11 +167,6 @@ def test_sigint_stops_the_study_and_a_rerun_runs_only_the_remaining_trials(
     assert not trials_in(project, "resume", "RUNNING")
 
 
-@pytest.mark.xfail(
-    reason="with DVC's run cache on, a trial whose params repeat an earlier run's is restored "
-    "without training, so it gets no MLflow run of its own (open defect)",
-    strict=False,
-)
 def test_every_trial_is_a_dvc_experiment_and_an_mlflow_run(
     project: Path, interrupted_study: dict[str, Any]
 ) -> None:
@@ -230,12 +235,7 @@ def test_a_trial_whose_learning_rate_cannot_learn_is_pruned(project: Path) -> No
 
 
 def test_parallel_trials_each_hold_their_own_params_and_metrics(project: Path) -> None:
-    write_space(
-        project,
-        "jobs",
-        objective={"metric": "val_accuracy", "direction": "maximize"},
-        params={"train.lr": {"type": "float", "low": 3.0e-3, "high": 5.0e-2, "log": True}},
-    )
+    write_lr_space(project, "jobs")
     tune(project, "--trials", "2", "--jobs", "2")
     complete = trials_in(project, "jobs", "COMPLETE")
     assert len(complete) == 2
@@ -257,3 +257,17 @@ def test_parallel_trials_each_hold_their_own_params_and_metrics(project: Path) -
         )
         assert float(tracked.data.params["train.lr"]) == trial.params["train.lr"]
         assert tracked.data.metrics["val_accuracy"] == pytest.approx(trial.value, abs=1e-6)
+
+
+def test_a_trial_the_run_cache_could_restore_still_trains_and_is_tracked(project: Path) -> None:
+    write_lr_space(project, "cached")
+    # an earlier experiment of the same params: its train stage is in DVC's run cache
+    run("dvc", "exp", "run", "--temp", "-n", "same-params", "-S", "train.lr=0.03", "train", cwd=project)
+    tune(project, "--trials", "1", "--enqueue", "train.lr=0.03")
+    (trial,) = trials_in(project, "cached", "COMPLETE")
+    assert trial.params["train.lr"] == 0.03
+    (tracked,) = trial_runs(project, "cached")
+    assert tracked.data.tags["mlpipe.tune.trial"] == str(trial.number)
+    assert tracked.data.tags["mlpipe.tune.state"] == "complete"
+    # the study saw the trial's own epochs, reported by its training
+    assert len(trial.intermediate_values) == TINY_PARAMS["train"]["epochs"]

@@ -13,7 +13,7 @@ import yaml
 from mlpipe.errors import TuningError
 from mlpipe.params import load_params, parse_params
 from mlpipe.tuning.space import load_space, parse_scalar, parse_space
-from mlpipe.tuning.study import yaml_scalar
+from mlpipe.tuning.study import Tuner, yaml_scalar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,3 +127,18 @@ def test_params_yaml_reads_the_floats_dvc_writes_for_small_values(tmp_path: Path
     (tmp_path / "params.yaml").write_text("train:\n  lr: 1e-07\n  weight_decay: 2E-6\n")
     loaded = load_params(tmp_path / "params.yaml")
     assert (loaded.train.lr, loaded.train.weight_decay) == (1e-07, 2e-06)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_resumed_study_proposes_new_params(tmp_path: Path, sampler: str) -> None:
+    searched = parse_space(space(sampler={"name": sampler, "seed": 0}))
+
+    def propose() -> float:
+        study = Tuner(searched, tmp_path).open_study()
+        trial = study.ask()
+        proposed = searched.suggest(trial)["train.lr"]
+        study.tell(trial, 0.5)
+        return proposed
+
+    first, resumed = propose(), propose()
+    assert resumed != first

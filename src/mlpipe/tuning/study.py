@@ -1,12 +1,13 @@
 """`mlpipe tune`: an Optuna study whose trials are DVC experiments of the stages up to `evaluate`.
 
-Each trial runs `dvc exp run --temp -n <study>-<number> -S ... evaluate` in a process group of
-its own (so never the package stage: trials export and register nothing), then reads its params
-and metrics back from the experiment's commit and checks the params are the ones it proposed.
-Parallel trials are separate `--temp` processes, not DVC's queue (whose workers race:
-treeverse/dvc#10673, #10562). The study lives in tune.db (SQLite) at the project root: a rerun
-continues it, and a trial that an interruption or crash cut short is marked failed and its
-params are queued again, so finished trials are never repeated.
+Each trial runs the equivalent of `dvc exp run --temp -n <study>-<number> -S ... evaluate`, with
+DVC's run cache off (mlpipe.tuning.experiment), in a process group of its own (so never the
+package stage: trials export and register nothing), then reads its params and metrics back from
+the experiment's commit and checks the params are the ones it proposed. Parallel trials are
+separate `--temp` processes, not DVC's queue (whose workers race: treeverse/dvc#10673, #10562).
+The study lives in tune.db (SQLite) at the project root: a rerun continues it, with the sampler
+reseeded so that it proposes no params again, and a trial that an interruption or crash cut short
+is marked failed and its params are queued again, so finished trials are never repeated.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -31,6 +33,7 @@ import yaml
 from mlpipe import paths
 from mlpipe.errors import TuningError
 from mlpipe.params import parse_params
+from mlpipe.tuning import experiment
 from mlpipe.tuning.reporter import PRUNED_ATTR, STATE_TAG, STUDY_TAG, TRIAL_ENV, TRIAL_TAG, TrialLink
 from mlpipe.tuning.space import Choice, SearchSpace
 
@@ -107,25 +110,19 @@ class Tuner:
         storage = optuna.storages.RDBStorage(
             storage_url(self.root), engine_kwargs={"connect_args": {"timeout": 60}}
         )
-        sampler_spec = self.space.sampler
-        if sampler_spec.name == "grid":
-            sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(
-                self.space.grid(), seed=sampler_spec.seed
-            )
-        elif sampler_spec.name == "random":
-            sampler = optuna.samplers.RandomSampler(seed=sampler_spec.seed)
-        else:
-            sampler = optuna.samplers.TPESampler(
-                n_startup_trials=sampler_spec.startup_trials, seed=sampler_spec.seed
-            )
         study = optuna.create_study(
             study_name=self.space.study,
             storage=storage,
-            sampler=sampler,
+            sampler=self._sampler(0),
             pruner=self._link(0, 0).pruner(),
             direction=self.space.objective.direction,
             load_if_exists=True,
         )
+        held = len(study.get_trials(deepcopy=False))
+        if held:
+            # Seeded as in the first run, the sampler would propose that run's params again
+            # (random, and TPE's startup trials): a resumed study repeats no proposal.
+            study.sampler = self._sampler(held)
         made_for = study.user_attrs.get("objective")
         if made_for is None:
             study.set_user_attr("objective", self.space.objective.metric)
@@ -135,6 +132,18 @@ class Tuner:
                 f"{paths.TUNE_FILE} says {self.space.objective.metric}; change `study:` to start a new one"
             )
         return study
+
+    def _sampler(self, trials_held: int) -> optuna.samplers.BaseSampler:
+        """tune.yaml's sampler, for a study whose storage holds ``trials_held`` trials already."""
+        import optuna
+
+        spec = self.space.sampler
+        seed = spec.seed + trials_held
+        if spec.name == "grid":
+            return optuna.samplers.GridSampler(self.space.grid(), seed=seed)
+        if spec.name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(n_startup_trials=spec.startup_trials, seed=seed)
 
     def _link(self, trial_id: int, number: int) -> TrialLink:
         pruning = self.space.pruning
@@ -235,10 +244,8 @@ class Tuner:
         name = experiment_name(self.space.study, trial.number)
         self._check_params(chosen)
         self._remove_stale_experiment(name)
-        command = ["dvc", "--wait-for-lock", "exp", "run", "--temp", "-n", name]
-        for key, value in chosen.items():
-            command += ["-S", f"{key}={yaml_scalar(value)}"]
-        command.append(self.space.target_stage())
+        command = [sys.executable, "-m", experiment.__name__, name, self.space.target_stage()]
+        command += [f"{key}={yaml_scalar(value)}" for key, value in chosen.items()]
         # the train stage reopens this very trial by its storage id to report to it
         env = {**os.environ, TRIAL_ENV: self._link(trial._trial_id, trial.number).model_dump_json()}
         log.info("trial %d: %s", trial.number, " ".join(f"{k}={yaml_scalar(v)}" for k, v in chosen.items()))
