@@ -23,7 +23,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,9 +34,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from tests.servers import LOOPBACK, Child, ServerError, child_process, free_port, http_ok
 
 from mlpipe.data import read_split
-from mlpipe.serving.local import LOOPBACK, free_port
 from mlpipe.serving.server import ImageClassifier
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
@@ -195,34 +194,15 @@ class Server:
 
 
 @contextlib.contextmanager
-def running(server: Server, log: Path, timeout: float = 180.0) -> Iterator[subprocess.Popen[bytes]]:
-    """The server's process, once ``ready_path`` answers 200; stopped by PID afterwards."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            server.command, stdout=out, stderr=subprocess.STDOUT, env=os.environ | server.env
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{server.name} did not start:\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(server.url + server.ready_path, timeout=1).status_code == 200:
-                    break
-            time.sleep(0.2)
+def running(server: Server, timeout: float = 180.0) -> Iterator[Child]:
+    """The server's process, once ``ready_path`` answers and it answers the benchmark request."""
+    with child_process(server.command, env=os.environ | server.env) as child:
+        child.wait_until(lambda: http_ok(server.url + server.ready_path), server.name, timeout)
         probe = httpx.post(server.url + server.path, content=server.body, timeout=10,
                            headers={"content-type": "application/json"})  # fmt: skip
         if probe.status_code != 200:
-            raise RuntimeError(f"{server.name} refused the benchmark request: {probe.text[:500]}")
-        yield process
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+            raise ServerError(f"{server.name} refused the benchmark request: {probe.text[:500]}")
+        yield child
 
 
 @dataclass(frozen=True)
@@ -340,7 +320,7 @@ def _profile_group(frames: list[str]) -> str:
 def profile(server: Server, seconds: int, scratch: Path) -> list[tuple[str, float]]:
     """Share of py-spy's samples of the server under wrk -c1, by what the request is doing."""
     raw = scratch / "profile.txt"
-    with running(server, scratch / "profiled.log") as process:
+    with running(server) as process:
         spy = subprocess.Popen(
             ["py-spy", "record", "--format", "raw", "--rate", "500", "--duration", str(seconds + 1),
              "--nonblocking", "-o", str(raw), "--pid", str(process.pid)],
@@ -403,7 +383,7 @@ def main() -> None:
         candidates = servers(args.model_dir, image, scratch, mlserver)
         for server in candidates:
             try:
-                with running(server, scratch / f"{server.name.split()[0]}.log"):
+                with running(server):
                     results.append(measure(server, args.rate, args.seconds, args.wrk_seconds, scratch))
             except RuntimeError as e:  # one server that does not start does not void the others
                 print(f"{server.name}: not measured: {e}", flush=True)

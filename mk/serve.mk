@@ -23,7 +23,7 @@ $(MLSERVER_VENV)/bin/mlserver:
 
 bench-serve: setup $(MLSERVER_VENV)/bin/mlserver ## Load-test mlpipe serve against MLflow, MLServer and the floor (needs wrk)
 	dvc repro package
-	python benchmarks/serve.py --model-dir models/package --mlserver-venv $(MLSERVER_VENV)
+	python -m benchmarks.serve --model-dir models/package --mlserver-venv $(MLSERVER_VENV)
 
 # Both print YAML for `kubectl apply -f -` on stdout: no prerequisites, no echoed commands.
 deploy-manifest: ## Render deploy/ (ENV, IMAGE, STORAGE_URI; optional CANARY, MODEL_NAME)

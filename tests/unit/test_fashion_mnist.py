@@ -23,7 +23,7 @@ from mlpipe.fashion_mnist import (
     TRAIN_LABELS,
     load_fashion_mnist,
 )
-from mlpipe.serving.local import LOOPBACK, free_port
+from tests.servers import LOOPBACK, free_port
 from tests.unit.idx_writer import write_idx
 
 N_TRAIN, N_TEST, SIDE = 20, 10, 6
