@@ -230,13 +230,18 @@ def measure(server: Server, rate: float, seconds: float, wrk_seconds: int, scrat
 
 
 def mlflow_model(onnx_path: Path, image: np.ndarray, dest: Path) -> Path:
-    """The package's ONNX model saved with MLflow's ONNX flavor, with a float32 tensor signature."""
+    """The package's ONNX model saved with MLflow's ONNX flavor, with a float32 tensor signature
+    of its input and its output (mlserver-mlflow fails to load a model whose signature has no
+    outputs: "'NoneType' object has no attribute 'inputs'")."""
     import mlflow.onnx
     import onnx
+    import onnxruntime
     from mlflow.models import infer_signature
 
-    example = {"pixels": image[None].astype(np.float32)}
-    mlflow.onnx.save_model(onnx.load(onnx_path), dest, signature=infer_signature(example))
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    example = {session.get_inputs()[0].name: image[None].astype(np.float32)}
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, example), strict=True))
+    mlflow.onnx.save_model(onnx.load(onnx_path), dest, signature=infer_signature(example, outputs))
     return dest
 
 
@@ -276,7 +281,10 @@ def servers(model_dir: Path, image: np.ndarray, scratch: Path, mlserver_venv: Pa
     if mlserver_venv is not None:
         (scratch / "mlserver" / "model").mkdir(parents=True)
         (scratch / "mlserver" / "settings.json").write_text(json.dumps(
-            {"host": LOOPBACK, "http_port": ports[3], "grpc_port": ports[4], "metrics_port": ports[5]}
+            # One process: with parallel inference workers (the default) the model is loaded in a
+            # worker, whose errors only show as "Worker process stopped unexpectedly".
+            {"host": LOOPBACK, "http_port": ports[3], "grpc_port": ports[4], "metrics_port": ports[5],
+             "parallel_workers": 0}
         ))  # fmt: skip
         (scratch / "mlserver" / "model" / "model-settings.json").write_text(json.dumps(
             {"name": "mlpipe", "implementation": "mlserver_mlflow.MLflowRuntime",
@@ -296,11 +304,12 @@ def servers(model_dir: Path, image: np.ndarray, scratch: Path, mlserver_venv: Pa
 PROFILE_GROUPS = (
     ("onnxruntime", "the model's forward pass (ONNX Runtime)"),
     ("mlpipe/serving/validation", "mlpipe: request checks"),
-    ("mlpipe/serving/wire", "mlpipe: V2 decoding (pydantic) and encoding"),
+    ("mlpipe/serving/wire", "mlpipe: V2 decoding and encoding"),
     ("/logging/", "the access line (logging)"),
+    ("ModelMonitor.observe", "mlpipe: the model's metrics and drift window"),
     ("prometheus_client", "KServe's Prometheus metrics"),
+    ("ImageClassifier._v2_response", "mlpipe: the model class (response building)"),
     ("kserve/", "KServe: dataplane, model call, InferRequest/InferResponse"),
-    ("mlpipe/serving/server", "mlpipe: the model class (response building)"),
     ("RequestResponseCycle.send", "writing the response (uvicorn, uvloop socket)"),
     ("mlpipe/serving/edge", "mlpipe: the HTTP edge"),
     ("starlette", "Starlette"),
