@@ -305,7 +305,7 @@ PROFILE_GROUPS = (
     ("onnxruntime", "the model's forward pass (ONNX Runtime)"),
     ("mlpipe/serving/validation", "mlpipe: request checks"),
     ("mlpipe/serving/wire", "mlpipe: V2 decoding and encoding"),
-    ("/logging/", "the access line (logging)"),
+    ("logging/__init__", "the access line (logging)"),
     ("ModelMonitor.observe", "mlpipe: the model's metrics and drift window"),
     ("prometheus_client", "KServe's Prometheus metrics"),
     ("ImageClassifier._v2_response", "mlpipe: the model class (response building)"),
