@@ -109,8 +109,9 @@ def container_server(buildah: list[str], image: str, package: Path, port: int) -
                 # buildah run does not pass SIGTERM on to the container's process: stop the server
                 # by its PID, so that it shuts down gracefully before buildah is stopped.
                 for process in psutil.Process(child.pid).children(recursive=True):
-                    if "mlpipe" in " ".join(process.cmdline()):
-                        os.kill(process.pid, signal.SIGTERM)
+                    with contextlib.suppress(psutil.NoSuchProcess):  # a helper that just exited
+                        if "mlpipe" in " ".join(process.cmdline()):
+                            os.kill(process.pid, signal.SIGTERM)
     finally:
         sh(*buildah, "rm", container)
 
