@@ -27,11 +27,10 @@ import numpy as np
 from benchmarks.machine import describe
 from benchmarks.serve import http_request, open_loop, wrk
 from tests.monitoring import DASHBOARD, RULES_FILE, short_rules
-from tests.servers import prometheus_server
+from tests.servers import mlpipe_server, prometheus_server
 
 from mlpipe import drift
 from mlpipe.data import read_split
-from mlpipe.serving.local import LocalServer
 
 RATE_INTERVAL = "10s"
 PICTURE = Path("docs/monitoring/dashboard.png")
@@ -49,7 +48,7 @@ def cost(model_dir: Path, image: np.ndarray, scratch: Path) -> list[str]:
         ("with model metrics and drift window", []),
         ("`--no-monitoring`", ["--no-monitoring"]),
     ):
-        with LocalServer(model_dir, scratch / "serve.log", extra) as server:
+        with mlpipe_server(model_dir, extra) as server:
             model = json.loads((model_dir / "package.json").read_text())["name"]
             path = f"/v2/models/{model}/infer"
             body = json.dumps(v2_request(image[None])).encode()
@@ -127,7 +126,7 @@ def draw(prometheus: str, start: float, end: float, shift_at: float, out: Path) 
 
 def dashboard_picture(model_dir: Path, images: np.ndarray, pixel_max: int, scratch: Path, out: Path) -> None:
     model = json.loads((model_dir / "package.json").read_text())["name"]
-    with LocalServer(model_dir, scratch / "serve-dashboard.log") as server:
+    with mlpipe_server(model_dir) as server:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": ["mlpipe-rules.yaml"],

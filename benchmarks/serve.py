@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,9 +34,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 from benchmarks.machine import describe
+from tests.servers import LOOPBACK, Child, ServerError, child_process, free_port, http_ok
 
 from mlpipe.data import read_split
-from mlpipe.serving.local import LOOPBACK, free_port
 from mlpipe.serving.server import ImageClassifier
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
@@ -186,34 +185,15 @@ class Server:
 
 
 @contextlib.contextmanager
-def running(server: Server, log: Path, timeout: float = 180.0) -> Iterator[subprocess.Popen[bytes]]:
-    """The server's process, once ``ready_path`` answers 200; stopped by PID afterwards."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            server.command, stdout=out, stderr=subprocess.STDOUT, env=os.environ | server.env
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{server.name} did not start:\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(server.url + server.ready_path, timeout=1).status_code == 200:
-                    break
-            time.sleep(0.2)
+def running(server: Server, timeout: float = 180.0) -> Iterator[Child]:
+    """The server's process, once ``ready_path`` answers and it answers the benchmark request."""
+    with child_process(server.command, env=os.environ | server.env) as child:
+        child.wait_until(lambda: http_ok(server.url + server.ready_path), server.name, timeout)
         probe = httpx.post(server.url + server.path, content=server.body, timeout=10,
                            headers={"content-type": "application/json"})  # fmt: skip
         if probe.status_code != 200:
-            raise RuntimeError(f"{server.name} refused the benchmark request: {probe.text[:500]}")
-        yield process
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+            raise ServerError(f"{server.name} refused the benchmark request: {probe.text[:500]}")
+        yield child
 
 
 @dataclass(frozen=True)
@@ -241,13 +221,18 @@ def measure(server: Server, rate: float, seconds: float, wrk_seconds: int, scrat
 
 
 def mlflow_model(onnx_path: Path, image: np.ndarray, dest: Path) -> Path:
-    """The package's ONNX model saved with MLflow's ONNX flavor, with a float32 tensor signature."""
+    """The package's ONNX model saved with MLflow's ONNX flavor, with a float32 tensor signature
+    of its input and its output (mlserver-mlflow fails to load a model whose signature has no
+    outputs: "'NoneType' object has no attribute 'inputs'")."""
     import mlflow.onnx
     import onnx
+    import onnxruntime
     from mlflow.models import infer_signature
 
-    example = {"pixels": image[None].astype(np.float32)}
-    mlflow.onnx.save_model(onnx.load(onnx_path), dest, signature=infer_signature(example))
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    example = {session.get_inputs()[0].name: image[None].astype(np.float32)}
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, example), strict=True))
+    mlflow.onnx.save_model(onnx.load(onnx_path), dest, signature=infer_signature(example, outputs))
     return dest
 
 
@@ -287,7 +272,10 @@ def servers(model_dir: Path, image: np.ndarray, scratch: Path, mlserver_venv: Pa
     if mlserver_venv is not None:
         (scratch / "mlserver" / "model").mkdir(parents=True)
         (scratch / "mlserver" / "settings.json").write_text(json.dumps(
-            {"host": LOOPBACK, "http_port": ports[3], "grpc_port": ports[4], "metrics_port": ports[5]}
+            # One process: with parallel inference workers (the default) the model is loaded in a
+            # worker, whose errors only show as "Worker process stopped unexpectedly".
+            {"host": LOOPBACK, "http_port": ports[3], "grpc_port": ports[4], "metrics_port": ports[5],
+             "parallel_workers": 0}
         ))  # fmt: skip
         (scratch / "mlserver" / "model" / "model-settings.json").write_text(json.dumps(
             {"name": "mlpipe", "implementation": "mlserver_mlflow.MLflowRuntime",
@@ -307,11 +295,12 @@ def servers(model_dir: Path, image: np.ndarray, scratch: Path, mlserver_venv: Pa
 PROFILE_GROUPS = (
     ("onnxruntime", "the model's forward pass (ONNX Runtime)"),
     ("mlpipe/serving/validation", "mlpipe: request checks"),
-    ("mlpipe/serving/wire", "mlpipe: V2 decoding (pydantic) and encoding"),
-    ("/logging/", "the access line (logging)"),
+    ("mlpipe/serving/wire", "mlpipe: V2 decoding and encoding"),
+    ("logging/__init__", "the access line (logging)"),
+    ("ModelMonitor.observe", "mlpipe: the model's metrics and drift window"),
     ("prometheus_client", "KServe's Prometheus metrics"),
+    ("ImageClassifier._v2_response", "mlpipe: the model class (response building)"),
     ("kserve/", "KServe: dataplane, model call, InferRequest/InferResponse"),
-    ("mlpipe/serving/server", "mlpipe: the model class (response building)"),
     ("RequestResponseCycle.send", "writing the response (uvicorn, uvloop socket)"),
     ("mlpipe/serving/edge", "mlpipe: the HTTP edge"),
     ("starlette", "Starlette"),
@@ -331,7 +320,7 @@ def _profile_group(frames: list[str]) -> str:
 def profile(server: Server, seconds: int, scratch: Path) -> list[tuple[str, float]]:
     """Share of py-spy's samples of the server under wrk -c1, by what the request is doing."""
     raw = scratch / "profile.txt"
-    with running(server, scratch / "profiled.log") as process:
+    with running(server) as process:
         spy = subprocess.Popen(
             ["py-spy", "record", "--format", "raw", "--rate", "500", "--duration", str(seconds + 1),
              "--nonblocking", "-o", str(raw), "--pid", str(process.pid)],
@@ -394,7 +383,7 @@ def main() -> None:
         candidates = servers(args.model_dir, image, scratch, mlserver)
         for server in candidates:
             try:
-                with running(server, scratch / f"{server.name.split()[0]}.log"):
+                with running(server):
                     results.append(measure(server, args.rate, args.seconds, args.wrk_seconds, scratch))
             except RuntimeError as e:  # one server that does not start does not void the others
                 print(f"{server.name}: not measured: {e}", flush=True)

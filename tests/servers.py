@@ -1,4 +1,5 @@
-"""Real servers on 127.0.0.1 for tests and benchmarks: S3 (moto), PostgreSQL and MLflow.
+"""Real servers on 127.0.0.1 for tests and benchmarks: `mlpipe serve`, S3 (moto), PostgreSQL,
+MLflow and Prometheus; the benchmarks start their other servers with ``child_process`` too.
 
 Each launcher is a context manager: it starts the server as a child process on a free port,
 waits with a deadline until the server answers, yields its address, and stops the server's
@@ -11,6 +12,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from mlpipe.serving.local import LOOPBACK, free_port
-
+LOOPBACK = "127.0.0.1"
 BIN_DIR = Path(sys.executable).parent
 
 # moto accepts any key; these make the fake obvious to readers and credential scanners.
@@ -42,6 +43,13 @@ class ServerError(RuntimeError):
     """A server did not start or did not answer in time."""
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This environment without outside MLflow/AWS settings, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
@@ -56,10 +64,15 @@ class Child:
     process: subprocess.Popen[bytes]
     log: IO[bytes]
 
-    def output(self, limit: int = 4000) -> str:
-        """The end of what the process printed so far."""
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self, limit: int | None = 4000) -> str:
+        """What the process printed so far: the last ``limit`` characters (None: all of it)."""
         self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-limit:]
+        text = self.log.read().decode(errors="replace")
+        return text[-limit:] if limit else text
 
     def wait_until(self, ready: Callable[[], bool], what: str, timeout: float) -> None:
         """Poll ``ready`` until it holds; fail with the output if the process exits or time runs out."""
@@ -129,6 +142,31 @@ def http_ok(url: str) -> bool:
             return 200 <= response.status < 300
     except (urllib.error.URLError, OSError):
         return False
+
+
+@dataclass(frozen=True)
+class ModelServer:
+    """A running `mlpipe serve`: its address and its process."""
+
+    port: int
+    child: Child
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+
+@contextmanager
+def mlpipe_server(model_dir: Path, args: Sequence[str] = (), timeout: float = 60) -> Iterator[ModelServer]:
+    """`mlpipe serve` of the package in ``model_dir`` (plus ``args``), once it is ready."""
+    port = free_port()
+    command = [sys.executable, "-m", "mlpipe", "serve", "--model-dir", str(model_dir)]
+    command += ["--host", LOOPBACK, "--http-port", str(port), *args]
+    with child_process(command, env=os.environ) as child:
+        server = ModelServer(port, child)
+        ready = server.url + "/v2/health/ready"
+        child.wait_until(lambda: http_ok(ready), f"mlpipe serve at {server.url}", timeout)
+        yield server
 
 
 @contextmanager

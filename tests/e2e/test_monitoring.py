@@ -20,13 +20,12 @@ import numpy as np
 import pytest
 
 from mlpipe import drift
-from mlpipe.serving.local import LocalServer
 from mlpipe.serving.model_package import read_package
 from mlpipe.serving.server import default_max_body_bytes
 from tests.conftest import require, run
 from tests.model.serving_cases import PACKAGE, Spec, prepared_test_images, v2_body
 from tests.monitoring import RULES_FILE, exported_names, short_rules, used_metric_names
-from tests.servers import prometheus_program, prometheus_server
+from tests.servers import ModelServer, mlpipe_server, prometheus_program, prometheus_server
 
 pytestmark = pytest.mark.slow
 
@@ -35,14 +34,13 @@ BATCH = 10
 
 
 @pytest.fixture(scope="module")
-def server(built_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    log = tmp_path_factory.mktemp("serve-monitoring") / "serve.log"
-    with LocalServer(built_project / PACKAGE, log, ["--drift-window", str(WINDOW)]) as local:
-        yield local
+def server(built_project: Path) -> Iterator[ModelServer]:
+    with mlpipe_server(built_project / PACKAGE, ["--drift-window", str(WINDOW)]) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def prometheus(server: LocalServer) -> Iterator[str]:
+def prometheus(server: ModelServer) -> Iterator[str]:
     require(prometheus_program() is not None, "prometheus (Debian package; .ci/tools/monitoring.sh)")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -78,7 +76,7 @@ def eventually(check: Callable[[], bool], what: str, timeout: float = 30) -> Non
         time.sleep(0.5)
 
 
-def send(server: LocalServer, spec: Spec, images: np.ndarray) -> list[str]:
+def send(server: ModelServer, spec: Spec, images: np.ndarray) -> list[str]:
     """Send ``images`` in V2 requests of ``BATCH``; return the predicted labels."""
     labels: list[str] = []
     with httpx.Client(base_url=server.url, timeout=10) as client:
@@ -93,7 +91,7 @@ def send(server: LocalServer, spec: Spec, images: np.ndarray) -> list[str]:
 
 
 def test_every_metric_the_dashboard_and_rules_use_is_on_the_live_metrics_page(
-    server: LocalServer, built_project: Path
+    server: ModelServer, built_project: Path
 ) -> None:
     spec = Spec.of(built_project)
     send(server, spec, prepared_test_images(built_project)[:1])  # KServe's histograms appear on use
@@ -112,7 +110,7 @@ def added(after: Counter[str], before: Counter[str]) -> dict[str, int]:
 
 
 def test_prometheus_sees_class_counts_drift_and_the_drift_alert(
-    server: LocalServer, prometheus: str, built_project: Path
+    server: ModelServer, prometheus: str, built_project: Path
 ) -> None:
     spec = Spec.of(built_project)
     test_images = prepared_test_images(built_project)
@@ -145,7 +143,7 @@ def test_prometheus_sees_class_counts_drift_and_the_drift_alert(
 
 
 def test_refused_requests_are_counted_by_reason(
-    server: LocalServer, prometheus: str, built_project: Path
+    server: ModelServer, prometheus: str, built_project: Path
 ) -> None:
     spec = Spec.of(built_project)
     wrong_shape = v2_body(np.zeros((1, spec.height, spec.width + 1), dtype=np.uint8))
@@ -160,7 +158,7 @@ def test_refused_requests_are_counted_by_reason(
 
 
 def test_refusals_before_the_model_are_counted_by_reason(
-    server: LocalServer, prometheus: str, built_project: Path
+    server: ModelServer, prometheus: str, built_project: Path
 ) -> None:
     spec = Spec.of(built_project)
     limit = default_max_body_bytes(read_package(built_project / PACKAGE).input)

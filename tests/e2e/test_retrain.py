@@ -21,8 +21,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from mlpipe.serving.local import LOOPBACK
 from tests.conftest import TINY_PARAMS, make_project, run, subprocess_env
+from tests.servers import LOOPBACK
 
 pytestmark = pytest.mark.slow
 

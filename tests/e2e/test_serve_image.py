@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,9 +22,9 @@ import httpx
 import psutil
 import pytest
 
-from mlpipe.serving.local import LOOPBACK, free_port
 from tests.conftest import REPO_ROOT, require
 from tests.model.serving_cases import PACKAGE, Spec, evaluate_predictions, prepared_test_images, v2_body
+from tests.servers import LOOPBACK, Child, child_process, free_port, http_ok
 
 pytestmark = pytest.mark.slow
 
@@ -84,9 +83,7 @@ def serve_image(buildah: list[str], tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @contextlib.contextmanager
-def container_server(
-    buildah: list[str], image: str, package: Path, port: int
-) -> Iterator[subprocess.Popen[bytes]]:
+def container_server(buildah: list[str], image: str, package: Path, port: int) -> Iterator[Child]:
     """`mlpipe serve` in a container of ``image`` as user 10001, on 127.0.0.1:``port``."""
     container = sh(*buildah, "from", "--pull=never", image).strip()
     serve = ["mlpipe", "serve", "--model-dir", "/mnt/models", "--host", LOOPBACK, "--http-port", str(port)]
@@ -104,36 +101,19 @@ def container_server(
         "--",
         *serve,
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        yield process
+        with child_process(command, env=os.environ) as child:
+            try:
+                yield child
+            finally:
+                # buildah run does not pass SIGTERM on to the container's process: stop the server
+                # by its PID, so that it shuts down gracefully before buildah is stopped.
+                for process in psutil.Process(child.pid).children(recursive=True):
+                    with contextlib.suppress(psutil.NoSuchProcess):  # a helper that just exited
+                        if "mlpipe" in " ".join(process.cmdline()):
+                            os.kill(process.pid, signal.SIGTERM)
     finally:
-        server = [
-            p
-            for p in psutil.Process(process.pid).children(recursive=True)
-            if "mlpipe" in " ".join(p.cmdline())
-        ]
-        for child in server:
-            os.kill(child.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
         sh(*buildah, "rm", container)
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
-            pytest.fail(f"the container's server exited {process.returncode}:\n{output[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return
-        time.sleep(0.5)
-    pytest.fail(f"the container's server was not ready within {timeout:.0f} s")
 
 
 def test_serve_image_answers_v2_as_user_10001(
@@ -142,8 +122,8 @@ def test_serve_image_answers_v2_as_user_10001(
     spec = Spec.of(built_project)
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"
-    with container_server(buildah, serve_image, built_project / PACKAGE, port) as process:
-        wait_ready(url, process)
+    with container_server(buildah, serve_image, built_project / PACKAGE, port) as server:
+        server.wait_until(lambda: http_ok(f"{url}/v2/health/ready"), "the container's server", timeout=120)
         listening = [c for c in psutil.net_connections("inet") if c.laddr == (LOOPBACK, port) and c.pid]
         assert {psutil.Process(c.pid).uids().real for c in listening} == {SERVE_UID}
         assert httpx.get(f"{url}/v2/health/live").json() == {"live": True}

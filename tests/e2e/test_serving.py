@@ -19,7 +19,6 @@ import yaml
 from kserve import InferenceRESTClient, RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-from mlpipe.serving.local import LOOPBACK, LocalServer, free_port
 from tests.conftest import REPO_ROOT, run
 from tests.model.serving_cases import (
     BAD_REQUEST_IDS,
@@ -31,6 +30,7 @@ from tests.model.serving_cases import (
     v1_body,
     v2_body,
 )
+from tests.servers import LOOPBACK, ModelServer, free_port, mlpipe_server
 
 pytestmark = pytest.mark.slow
 
@@ -39,11 +39,10 @@ PROTOCOL_SCHEMA = REPO_ROOT / "tests/data/open-inference/open_inference_rest.yam
 
 
 @pytest.fixture(scope="module")
-def server(built_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with LocalServer(built_project / PACKAGE, log) as local:
-        yield local
-    assert local.process is not None and local.process.returncode is not None, "server still running"
+def server(built_project: Path) -> Iterator[ModelServer]:
+    with mlpipe_server(built_project / PACKAGE) as running:
+        yield running
+    assert running.child.process.returncode is not None, "server still running"
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +51,7 @@ def spec(built_project: Path) -> Spec:
 
 
 @pytest.fixture(scope="module")
-def http(server: LocalServer) -> Iterator[httpx.Client]:
+def http(server: ModelServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=10) as client:
         yield client
 
@@ -74,14 +73,14 @@ def assert_still_serving(http: httpx.Client, spec: Spec, images: np.ndarray) -> 
     assert response.status_code == 200, response.text
 
 
-def test_server_listens_on_loopback_only(server: LocalServer) -> None:
-    process = psutil.Process(server.pid)
+def test_server_listens_on_loopback_only(server: ModelServer) -> None:
+    process = psutil.Process(server.child.pid)
     connections = getattr(process, "net_connections", process.connections)  # psutil >= 6 renamed it
     listening = [c.laddr for c in connections("inet") if c.status == psutil.CONN_LISTEN]
     assert listening == [(LOOPBACK, server.port)]
 
 
-def test_health_endpoints_and_metrics(server: LocalServer, http: httpx.Client, spec: Spec) -> None:
+def test_health_endpoints_and_metrics(server: ModelServer, http: httpx.Client, spec: Spec) -> None:
     assert http.get("/v2/health/live").json() == {"live": True}
     assert http.get("/v2/health/ready").json() == {"ready": True}
     assert http.get(f"/v2/models/{spec.model_name}/ready").json()["ready"] is True
@@ -161,7 +160,7 @@ def test_v1_nan_literal_gets_400(http: httpx.Client, spec: Spec) -> None:
     assert "Unrecognized request format" in response.json()["error"]
 
 
-def test_predict_cli_scores_random_test_images(server: LocalServer, built_project: Path) -> None:
+def test_predict_cli_scores_random_test_images(server: ModelServer, built_project: Path) -> None:
     out = run("mlpipe", "predict", "--url", server.url, "--n", "10", "--seed", "7", cwd=built_project).stdout
     lines = out.strip().splitlines()
     assert lines[0].startswith("model mlpipe-classifier (v2), 10 random test images, seed 7")
@@ -169,12 +168,12 @@ def test_predict_cli_scores_random_test_images(server: LocalServer, built_projec
     assert re.fullmatch(r"accuracy \d+/10 = \d\.\d{3}", lines[-1])
 
 
-def test_predict_cli_speaks_v1_too(server: LocalServer, built_project: Path) -> None:
+def test_predict_cli_speaks_v1_too(server: ModelServer, built_project: Path) -> None:
     out = run("mlpipe", "predict", "--url", server.url, "--n", "3", "--protocol", "v1", cwd=built_project)
     assert "(v1), 3 random test images" in out.stdout
 
 
-def test_predict_cli_fails_when_the_server_refuses(server: LocalServer, built_project: Path) -> None:
+def test_predict_cli_fails_when_the_server_refuses(server: ModelServer, built_project: Path) -> None:
     result = run(
         "mlpipe", "predict", "--url", server.url, "--model-name", "nope", cwd=built_project, check=False
     )
@@ -256,7 +255,7 @@ def test_inference_responses_conform_to_the_protocol(
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
 def test_tritonclient_works_unmodified(
-    server: LocalServer, spec: Spec, built_project: Path, binary: bool
+    server: ModelServer, spec: Spec, built_project: Path, binary: bool
 ) -> None:
     images = prepared_test_images(built_project)[:8]
     client = triton.InferenceServerClient(url=f"{LOOPBACK}:{server.port}")
@@ -278,7 +277,7 @@ def test_tritonclient_works_unmodified(
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
 def test_kserve_rest_client_works_unmodified(
-    server: LocalServer, spec: Spec, built_project: Path, binary: bool
+    server: ModelServer, spec: Spec, built_project: Path, binary: bool
 ) -> None:
     images = prepared_test_images(built_project)[:8]
 

@@ -19,8 +19,8 @@ import numpy as np
 import psutil
 import pytest
 
-from mlpipe.serving.local import LOOPBACK, LocalServer
 from tests.model.serving_cases import PACKAGE, Spec, evaluate_predictions, prepared_test_images
+from tests.servers import LOOPBACK, ModelServer, mlpipe_server
 
 pytestmark = pytest.mark.slow
 
@@ -176,14 +176,13 @@ def answer_label(call: Call, body: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(built_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    log = tmp_path_factory.mktemp("garbage") / "serve.log"
-    with LocalServer(built_project / PACKAGE, log, ["--max-body-bytes", str(MAX_BODY_BYTES)]) as local:
-        yield local
+def server(built_project: Path) -> Iterator[ModelServer]:
+    with mlpipe_server(built_project / PACKAGE, ["--max-body-bytes", str(MAX_BODY_BYTES)]) as running:
+        yield running
 
 
 def test_garbage_traffic_gets_4xx_and_valid_requests_get_evaluate_answers(
-    server: LocalServer, built_project: Path
+    server: ModelServer, built_project: Path
 ) -> None:
     spec = Spec.of(built_project)
     images, labels = prepared_test_images(built_project), evaluate_predictions(built_project)
@@ -217,11 +216,11 @@ def test_garbage_traffic_gets_4xx_and_valid_requests_get_evaluate_answers(
         conn.close()
     assert not [s for s in statuses if s >= 500], statuses
     assert set(refused) == {c.kind for c in bad}  # every kind was sent and refused as it should be
-    assert psutil.Process(server.pid).memory_info().rss < MAX_RSS_BYTES
+    assert psutil.Process(server.child.pid).memory_info().rss < MAX_RSS_BYTES
 
 
-def test_refusals_leave_one_log_line_each_and_no_traceback(server: LocalServer) -> None:
-    log = server.log_path.read_text()
+def test_refusals_leave_one_log_line_each_and_no_traceback(server: ModelServer) -> None:
+    log = server.child.output(limit=None)
     assert "Traceback" not in log and "Exception in ASGI application" not in log
     refusals = [line for line in log.splitlines() if re.search(r'" 4\d\d ', line)]
     assert refusals and all("error=" in line for line in refusals)

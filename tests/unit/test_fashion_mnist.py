@@ -23,7 +23,7 @@ from mlpipe.datasets.fashion_mnist import (
     load_fashion_mnist,
 )
 from mlpipe.errors import DataError
-from mlpipe.serving.local import LOOPBACK, free_port
+from tests.servers import LOOPBACK, free_port
 from tests.unit.idx_writer import write_idx
 
 N_TRAIN, N_TEST, SIDE = 20, 10, 6

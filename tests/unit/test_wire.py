@@ -8,7 +8,8 @@ import numpy as np
 import orjson
 import pytest
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferOutput, InferResponse
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.rest.v2_datamodels import InferenceRequest
 
 from mlpipe.serving.wire import HEADER_LENGTH, decode_request, encode_response
 
@@ -104,7 +105,8 @@ def test_other_content_type_is_refused_naming_it() -> None:
 
 def test_response_has_no_null_fields() -> None:
     output = InferOutput("label", [1], "BYTES", np.array(["7"], dtype=np.object_))
-    body, headers = encode_response(InferResponse("r1", MODEL, [output], model_version="abc"))
+    request = decode_request(json_body(), {}, MODEL)
+    body, headers = encode_response(InferResponse("r1", MODEL, [output], model_version="abc"), request)
     assert headers == {"content-type": "application/json"}
     assert orjson.loads(body) == {
         "id": "r1",
@@ -112,6 +114,56 @@ def test_response_has_no_null_fields() -> None:
         "model_version": "abc",
         "outputs": [{"name": "label", "shape": [1], "datatype": "BYTES", "data": ["7"]}],
     }
+
+
+def classifier_outputs() -> list[InferOutput]:
+    return [
+        InferOutput("class_index", [2], "INT64", np.array([7, 1], dtype=np.int64)),
+        InferOutput("label", [2], "BYTES", np.array(["7", b"1"], dtype=np.object_)),
+        InferOutput("probabilities", [2, 3], "FP32", np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3)),
+    ]
+
+
+def test_json_outputs_are_written_as_kserve_writes_them() -> None:
+    request = decode_request(json_body(), {}, MODEL)
+    body, _ = encode_response(InferResponse("r1", MODEL, classifier_outputs(), model_version="abc"), request)
+    kserve_body, _ = InferResponse("r1", MODEL, classifier_outputs(), model_version="abc").to_rest()
+    assert orjson.loads(body) == kserve_body
+
+
+def test_binary_outputs_are_kserves_own() -> None:
+    request = decode_request(*binary_body(), MODEL)
+    request.parameters = {"binary_data_output": True}
+    response = InferResponse("r1", MODEL, classifier_outputs(), use_binary_outputs=True)
+    body, headers = encode_response(response, request)
+    kserve_body, json_length = InferResponse(
+        "r1", MODEL, classifier_outputs(), use_binary_outputs=True
+    ).to_rest()
+    assert (body, headers[HEADER_LENGTH]) == (kserve_body, str(json_length))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json_body(),
+        json.dumps({"id": "r7", "inputs": [json.loads(json_body())["inputs"][0]]}).encode(),
+        json_body(parameters={"content_type": "np"}),
+        json_body(shape=[2, 8.0, 8]),
+        json.dumps({"inputs": json.loads(json_body())["inputs"], "outputs": [{"name": "label"}]}).encode(),
+    ],
+    ids=["plain", "with-id", "input-parameters", "float-in-shape", "requested-outputs"],
+)
+def test_requests_decode_as_kserve_decodes_them(body: bytes) -> None:
+    ours = decode_request(body, {"content-type": "application/json"}, MODEL)
+    kserves = InferRequest.from_inference_request(InferenceRequest.model_validate_json(body), MODEL)
+    assert (ours.id, ours.parameters, ours.request_outputs) == (
+        kserves.id,
+        kserves.parameters,
+        kserves.request_outputs,
+    )
+    assert [(i.name, i.shape, i.datatype, i.parameters, i.data) for i in ours.inputs] == [
+        (i.name, i.shape, i.datatype, i.parameters, i.data) for i in kserves.inputs
+    ]
 
 
 def test_nan_literals_are_read_so_the_pixel_checks_can_name_them() -> None:

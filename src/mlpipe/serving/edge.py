@@ -119,6 +119,14 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
+async def answer(send: Send, content: bytes, headers: dict[str, str]) -> None:
+    """Send a 200 response with ``content`` (straight to the server, as Starlette's Response would)."""
+    raw = [(b"content-length", str(len(content)).encode())]
+    raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": 200, "headers": raw})
+    await send({"type": "http.response.body", "body": content})
+
+
 def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
@@ -188,8 +196,9 @@ class Edge:
                 return
             kind, model_name = route
             if kind == "infer" and scope["method"] == "POST":
-                response = await self._infer(model_name, body, _headers(scope))
-            elif kind == "metadata" and scope["method"] == "GET":
+                await answer(send, *await self._infer(model_name, body, _headers(scope)))
+                return
+            if kind == "metadata" and scope["method"] == "GET":
                 response = await self._metadata(model_name)
             else:
                 await self.app(scope, receive, send)
@@ -235,16 +244,18 @@ class Edge:
         if model is None or version != served:
             raise _UnknownVersion(model_name, version, served)
 
-    async def _infer(self, model_name: str, body: bytes, headers: dict[str, str]) -> Response:
-        await self.dataplane.get_model(model_name)  # ModelNotFound before the body is decoded
+    async def _infer(
+        self, model_name: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of the model's answer to a V2 inference request."""
+        # ModelNotFound, or ModelNotReady, before the body is decoded.
         if not await self.dataplane.model_ready(model_name, True):
             raise ModelNotReady(model_name)
         request = decode_request(body, headers, model_name)
         result, _ = await self.dataplane.infer(model_name, request, headers)
         if not isinstance(result, InferResponse):
             raise TypeError(f"model {model_name} answered {type(result).__name__}, not an InferResponse")
-        content, response_headers = encode_response(result)
-        return Response(content, 200, headers=response_headers)
+        return encode_response(result, request)
 
     async def _metadata(self, model_name: str) -> Response:
         metadata = await self.dataplane.model_metadata(model_name)

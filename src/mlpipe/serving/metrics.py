@@ -8,22 +8,48 @@ becomes a label value.
 One process only: with several uvicorn workers each scrape would see one worker's counters and
 drift window (kserve/kserve#2979), so `mlpipe serve` refuses ``--workers > 1`` while monitoring is
 on; scale out with replicas instead (each pod is scraped on its own and PromQL sums them).
+
+A request's images are recorded in batches: ``ModelMonitor.observe`` queues them, and they are
+recorded together every ``BATCH_REQUESTS`` requests and whenever the registry is read (a scrape
+of /metrics), so a scrape always sees every request answered before it. Recording each small
+request on its own cost a fifth of the server's time per request, more than the model's forward
+pass (BENCHMARKS.md, "Serving").
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
 from fastapi.exceptions import RequestValidationError
 from kserve.errors import InvalidInput
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from mlpipe.drift import DEFAULT_WINDOW, DriftWindow, Profile, mean_intensity
 from mlpipe.serving.validation import INPUT_PROBLEMS
+
+BATCH_REQUESTS = 64  # requests whose images wait to be recorded together, at most
+MONITORS: weakref.WeakSet[ModelMonitor] = weakref.WeakSet()
+
+
+class _RecordBeforeCollection:
+    """Records every monitor's queued requests when the registry is read.
+
+    It is registered before this module's metrics, and the registry collects in the order of
+    registration, so the metrics are read after the queued requests are recorded in them."""
+
+    def collect(self) -> list[Any]:
+        for monitor in list(MONITORS):
+            monitor.record()
+        return []
+
+
+REGISTRY.register(_RecordBeforeCollection())
 
 REQUESTS = Counter(
     "mlpipe_requests", "Inference requests that reached the model, whatever their outcome.", ["model_name"]
@@ -90,27 +116,47 @@ class ModelMonitor:
         self.predictions = [PREDICTIONS.labels(model_name, label) for label in labels]
         self.confidence = CONFIDENCE.labels(model_name)
         self.intensity = INTENSITY.labels(model_name)
-        self.drift_score = DRIFT_SCORE.labels(model_name)
-        self.window_images = DRIFT_WINDOW_IMAGES.labels(model_name)
+        self._queued: list[tuple[np.ndarray, np.ndarray]] = []
+        self._lock = threading.Lock()
+        # The window's size and score are computed when they are read (a scrape), not per request.
         DRIFT_WINDOW_SIZE.labels(model_name).set(window)
-        self.drift_score.set(math.nan)
-        self.window_images.set(0)
+        DRIFT_WINDOW_IMAGES.labels(model_name).set_function(lambda: len(self.window))
+        DRIFT_SCORE.labels(model_name).set_function(self.drift_score)
+        MONITORS.add(self)
+
+    def drift_score(self) -> float:
+        """PSI of the drift window against the training profile; NaN until the window is full."""
+        with self._lock:
+            score = self.window.score()
+        return math.nan if score is None else score
 
     def observe(self, pixels: np.ndarray, probabilities: np.ndarray) -> None:
-        """Record one request's images (raw pixels [N, H, W]) and the model's output [N, C]."""
-        for index, count in enumerate(np.bincount(probabilities.argmax(axis=1), minlength=len(self.labels))):
-            if count:
-                self.predictions[index].inc(int(count))
-        for confidence in probabilities.max(axis=1).tolist():
-            self.confidence.observe(confidence)
-        values = mean_intensity(pixels, self.window.profile.pixel_max)
-        for value in values.tolist():
-            self.intensity.observe(value)
-        self.window.add(values)
-        self.window_images.set(len(self.window))
-        score = self.window.score()
-        if score is not None:
-            self.drift_score.set(score)
+        """Queue one request's images (raw pixels [N, H, W]) and the model's output [N, C] to be
+        recorded; see the module's docstring."""
+        with self._lock:
+            self._queued.append((pixels, probabilities))
+            full = len(self._queued) >= BATCH_REQUESTS
+        if full:
+            self.record()
+
+    def record(self) -> None:
+        """Record the queued requests' images in the metrics and the drift window, in order."""
+        with self._lock:
+            queued, self._queued = self._queued, []
+            if not queued:
+                return
+            pixels = np.concatenate([p for p, _ in queued])
+            probabilities = np.concatenate([p for _, p in queued])
+            counts = np.bincount(probabilities.argmax(axis=1), minlength=len(self.labels))
+            for index, count in enumerate(counts.tolist()):
+                if count:
+                    self.predictions[index].inc(count)
+            for confidence in probabilities.max(axis=1).tolist():
+                self.confidence.observe(confidence)
+            values = mean_intensity(pixels, self.window.profile.pixel_max)
+            for value in values.tolist():
+                self.intensity.observe(value)
+            self.window.add(values)
 
     def reject(self, reason: str) -> None:
         """Count one refused request (`mlpipe.serving.edge.reject` is the one caller)."""
