@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mlpipe import atomic, distributed, lineage, paths, tracking
+from mlpipe import atomic, distributed, lineage, paths, tables, tracking
 from mlpipe.data import LabeledImages, read_schema, read_split
 from mlpipe.errors import MlpipeError
 from mlpipe.model import Checkpoint, ConvNet, predict_logits, save_checkpoint
@@ -139,12 +139,10 @@ def fit(
 
 
 def _history_csv(history: list[dict[str, float]]) -> str:
-    lines = [",".join(HISTORY_COLUMNS)]
-    for row in history:
-        lines.append(
-            ",".join(str(row["epoch"]) if c == "epoch" else f"{row[c]:.6g}" for c in HISTORY_COLUMNS)
-        )
-    return "\n".join(lines) + "\n"
+    rows = (
+        [str(row["epoch"]) if c == "epoch" else f"{row[c]:.6g}" for c in HISTORY_COLUMNS] for row in history
+    )
+    return tables.to_csv(HISTORY_COLUMNS, rows)
 
 
 def run(params: Params) -> None:
