@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 import mlpipe
+from mlpipe.export import export_onnx, verify_onnx
 from mlpipe.model import Checkpoint, ConvNet
-from mlpipe.package import export_onnx, verify_onnx
 from mlpipe.params import ModelParams
 from mlpipe.preprocessing import Preprocessing
 
@@ -36,3 +36,13 @@ def test_exported_model_takes_raw_pixels_and_matches_torch() -> None:
     probabilities = verify_onnx(export_onnx(checkpoint, opset=18), checkpoint, pixels)
     assert probabilities.shape == (5, 3)
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_exported_graph_takes_the_data_own_dtype() -> None:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(
+        export_onnx(_checkpoint(), opset=18), providers=["CPUExecutionProvider"]
+    )
+    [pixels] = session.get_inputs()
+    assert (pixels.name, pixels.type) == ("pixels", "tensor(uint8)")
