@@ -157,11 +157,11 @@ def gate(
 @app.command()
 def rollback() -> None:
     """Point `champion` back at the `previous` model version (then redeploy it)."""
-    from mlpipe import gate as gating
+    from mlpipe import registry
 
-    client = gating.require_registry()
-    rolled_back, restored = gating.rollback(client, load_params().package.model_name)
-    typer.echo(f"@{gating.CHAMPION}: v{rolled_back} -> v{restored}")
+    client = registry.require_registry()
+    rolled_back, restored = registry.rollback(client, load_params().package.model_name)
+    typer.echo(f"@{registry.CHAMPION}: v{rolled_back} -> v{restored}")
 
 
 @app.command("model-uri")
@@ -169,9 +169,9 @@ def model_uri(
     alias: Annotated[str, typer.Option(help="Registry alias of the model version.")] = "champion",
 ) -> None:
     """Print where the package of the version holding ALIAS is stored (what a deployment serves)."""
-    from mlpipe import gate as gating
+    from mlpipe import registry
 
-    typer.echo(gating.package_uri(gating.require_registry(), load_params().package.model_name, alias))
+    typer.echo(registry.package_uri(registry.require_registry(), load_params().package.model_name, alias))
 
 
 @app.command()

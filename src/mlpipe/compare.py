@@ -8,14 +8,14 @@ difference of two proportions, built from Wilson score intervals. Pure functions
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
+
+from mlpipe import tables
 
 ALPHA = 0.05
 LEVEL = 1 - ALPHA
@@ -176,7 +176,7 @@ class Predictions:
     def from_csv(cls, text: str, data_hash: str | None = None) -> Predictions:
         """Parse predictions.csv (columns `actual`, `predicted`); ValueError if malformed."""
         try:
-            rows = [(row["actual"], row["predicted"]) for row in csv.DictReader(io.StringIO(text))]
+            rows = [(row["actual"], row["predicted"]) for row in tables.rows(text)]
         except KeyError as e:
             raise ValueError(f"no column {e} in the predictions") from e
         if not rows:

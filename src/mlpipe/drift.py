@@ -30,7 +30,7 @@ import numpy as np
 
 from mlpipe.data import read_split
 from mlpipe.errors import ArtifactError, DataError, MlpipeError
-from mlpipe.package_spec import PROFILE_FILE
+from mlpipe.manifest import PROFILE_FILE
 
 PROFILE_VERSION = 1
 FEATURE = "mean_intensity"

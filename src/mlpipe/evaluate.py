@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 
 import numpy as np
@@ -16,21 +14,13 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from mlpipe import atomic, paths, plots
+from mlpipe import atomic, paths, plots, tables
 from mlpipe.data import read_schema, read_split
 from mlpipe.errors import ArtifactError
 from mlpipe.model import load_checkpoint, predict_logits
 from mlpipe.params import Params
 
 log = logging.getLogger(__name__)
-
-
-def _csv(header: list[str], rows: list[list[object]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def run(params: Params) -> None:
@@ -66,11 +56,11 @@ def run(params: Params) -> None:
     wrong = np.flatnonzero(predicted != test.labels)
 
     atomic.write_text(
-        paths.PER_CLASS_FILE, _csv(["class", "precision", "recall", "f1", "support"], per_class)
+        paths.PER_CLASS_FILE, tables.to_csv(["class", "precision", "recall", "f1", "support"], per_class)
     )
     atomic.write_text(
         paths.PREDICTIONS_FILE,
-        _csv(
+        tables.to_csv(
             ["actual", "predicted"],
             [[classes[t], classes[p]] for t, p in zip(test.labels, predicted, strict=True)],
         ),

@@ -11,8 +11,6 @@ files are read with `git show`: the metrics and plot files are small and committ
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import subprocess
 import sys
@@ -24,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from mlpipe import atomic, compare, cost, gate, git, paths, plots
+from mlpipe import atomic, compare, cost, gate, git, paths, plots, registry, tables
 from mlpipe.data import read_schema, read_split
 from mlpipe.errors import MlpipeError
 from mlpipe.params import load_params
@@ -129,13 +127,9 @@ def locked_hash(lock_text: str | None, out: Path) -> str | None:
     return None
 
 
-def _rows(table: str | None) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(table))) if table else []
-
-
 def _columns(table: str) -> dict[str, list[float]]:
     """A numeric CSV as columns."""
-    rows = _rows(table)
+    rows = tables.rows(table)
     return {name: [float(row[name]) for row in rows] for name in (rows[0] if rows else {})}
 
 
@@ -143,9 +137,9 @@ def class_order(sides: Sequence[Side]) -> list[str]:
     """Class names in schema order (per_class.csv), then any others the predictions name."""
     order: dict[str, None] = {}
     for side in sides:
-        order.update(dict.fromkeys(row["class"] for row in _rows(side.per_class)))
+        order.update(dict.fromkeys(row["class"] for row in tables.rows(side.per_class)))
     for side in sides:
-        for row in _rows(side.predictions):
+        for row in tables.rows(side.predictions):
             order.update(dict.fromkeys((row["actual"], row["predicted"])))
     return list(order)
 
@@ -154,7 +148,7 @@ def confusion(predictions: str, classes: Sequence[str]) -> np.ndarray:
     """Counts per (actual, predicted) class from predictions.csv."""
     index = {name: i for i, name in enumerate(classes)}
     matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    for row in _rows(predictions):
+    for row in tables.rows(predictions):
         matrix[index[row["actual"]], index[row["predicted"]]] += 1
     return matrix
 
@@ -181,7 +175,7 @@ def verdict(base: Side, workspace: Side, decision: gate.Decision) -> str:
 def _gate_lines(decision: gate.Decision) -> list[str]:
     lines = [f"- {'✅' if check.passed else '❌'} {check.describe()}" for check in decision.checks]
     if decision.champion is None:
-        lines.append(f"- ➖ no `{gate.CHAMPION}` in the model registry: nothing to compare with")
+        lines.append(f"- ➖ no `{registry.CHAMPION}` in the model registry: nothing to compare with")
     return lines
 
 
@@ -254,7 +248,7 @@ def significance(result: compare.Comparison | None, base: Side) -> str:
 def _scores(side: Side) -> dict[str, tuple[float, float, float]]:
     return {
         row["class"]: (float(row["precision"]), float(row["recall"]), float(row["f1"]))
-        for row in _rows(side.per_class)
+        for row in tables.rows(side.per_class)
     }
 
 
@@ -390,7 +384,7 @@ def write_report(base: str, out: Path) -> str:
     head = git.output("rev-parse", "--short", "HEAD") or "?"
     metrics = gate.read_metrics()
     old, new = base_side(base), workspace_side(metrics)
-    decision = gate.evaluate(params, metrics, gate.registry())
+    decision = gate.evaluate(params, metrics, registry.open_registry())
     metrics_diff, params_diff = _dvc_diff("metrics", base), _dvc_diff("params", base)
     summary = verdict(old, new, decision)
     old_predictions, new_predictions = predictions(old), predictions(new)

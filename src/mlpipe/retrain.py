@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from mlpipe import gate, paths
+from mlpipe import gate, paths, registry
 from mlpipe.errors import MlpipeError
 from mlpipe.gitlab import GitLab, MergeRequest
 from mlpipe.params import Params
@@ -239,7 +239,7 @@ def description(data: Import, previous: str, decision: gate.Decision, report: st
             "",
             f"Retrained by `mlpipe retrain`. {decision.summary()}.",
             "Merging makes the base branch's pipeline judge this model again and promote it to "
-            f"`{gate.CHAMPION}`.",
+            f"`{registry.CHAMPION}`.",
             "",
             body,
         ]
@@ -286,7 +286,7 @@ def _retrain(
     log.info("dvc repro")
     _dvc("`dvc repro`", "repro")
     try:
-        decision = gate.evaluate(params, gate.read_metrics(), gate.registry())
+        decision = gate.evaluate(params, gate.read_metrics(), registry.open_registry())
     except MlpipeError as e:
         raise RetrainError(f"retrain failed at the gate: {e}") from e
     log.info("%s", decision.summary())

@@ -1,4 +1,4 @@
-"""MLflow tracking: where runs go, lineage tags, per-epoch logging, registration.
+"""MLflow tracking: where runs go, lineage tags, per-epoch logging (the registry: mlpipe.registry).
 
 With MLFLOW_TRACKING_URI unset, runs go to an embedded SQLite store at the project root
 (mlruns.db, artifacts in mlartifacts/), shared by `dvc repro` and every `dvc exp run`,
@@ -40,11 +40,7 @@ log = logging.getLogger(__name__)
 DEFAULT_EXPERIMENT = "mlpipe"
 TAG_PREFIX = "mlpipe."
 CHECKPOINT_TAG = TAG_PREFIX + "checkpoint_sha256"
-PACKAGE_URI_TAG = TAG_PREFIX + "package_uri"
 OWNER_TAG = TAG_PREFIX + "owner"
-# Registry aliases: the package stage registers each new version as `candidate`; the gate
-# promotes it to `champion` and keeps the one it replaces as `previous`.
-CANDIDATE, CHAMPION, PREVIOUS = "candidate", "champion", "previous"
 
 
 def project_root() -> Path:
@@ -389,60 +385,3 @@ class EpochLog:
 def checkpoint_digest(path: Path) -> str:
     """The ``CHECKPOINT_TAG`` value of a checkpoint file: how its training run is found again."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def find_run_by_tag(mlflow_client: MlflowClient, key: str, value: str) -> str | None:
-    """The newest run in the experiment tagged ``key=value``, if any."""
-    with reported("searching runs"):
-        runs = mlflow_client.search_runs(
-            [experiment_id(mlflow_client)],
-            filter_string=f"tags.`{key}` = '{value}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-    return runs[0].info.run_id if runs else None
-
-
-def register_onnx(
-    mlflow_client: MlflowClient,
-    *,
-    name: str,
-    onnx_bytes: bytes,
-    input_example: object,
-    pip_requirements: list[str],
-    version_tags: Mapping[str, str],
-    alias: str,
-) -> str:
-    """Log the ONNX model to the active run, register a version and point ``alias`` at it.
-
-    All or nothing: the version is created with its tags in one request, and deleted again if
-    the alias cannot be set; the alias keeps pointing at the previous version.
-    """
-    import mlflow
-    import onnx
-
-    with reported(f"logging model {name!r}"):
-        info = mlflow.onnx.log_model(
-            onnx.load_model_from_string(onnx_bytes),
-            name="model",
-            input_example=input_example,
-            pip_requirements=pip_requirements,
-            save_as_external_data=False,
-            onnx_execution_providers=["CPUExecutionProvider"],
-        )
-    with reported(f"registering model {name!r}"):
-        version = mlflow.register_model(info.model_uri, name, tags=dict(version_tags)).version
-    try:
-        mlflow_client.set_registered_model_alias(name, alias, version)
-    except store_errors() as e:
-        endpoint, reason = failed_endpoint(e)
-        problem = f"setting alias {alias!r} on {name} version {version} failed at the {endpoint}: {reason}"
-        try:
-            mlflow_client.delete_model_version(name, version)
-        except store_errors() as cleanup:
-            raise TrackingError(
-                f"{problem}; deleting that version failed too ({failed_endpoint(cleanup)[1]}), so it "
-                "stays registered without the alias: delete it once the server is back"
-            ) from e
-        raise TrackingError(f"{problem}; the version was deleted again") from e
-    return str(version)

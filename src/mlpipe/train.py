@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mlpipe import atomic, distributed, lineage, paths, tracking
+from mlpipe import atomic, distributed, lineage, paths, tables, tracking
 from mlpipe.data import LabeledImages, read_schema, read_split
 from mlpipe.errors import MlpipeError
 from mlpipe.model import Checkpoint, ConvNet, predict_logits, save_checkpoint
@@ -171,11 +171,11 @@ def fit(
 
 
 def _history_csv(history: list[Epoch]) -> str:
-    lines = [",".join(HISTORY_COLUMNS)]
-    for record in history:
-        values = asdict(record)
-        lines.append(",".join([str(record.epoch)] + [f"{values[c]:.6g}" for c in HISTORY_COLUMNS[1:]]))
-    return "\n".join(lines) + "\n"
+    rows = (
+        [str(record.epoch)] + [f"{getattr(record, column):.6g}" for column in HISTORY_COLUMNS[1:]]
+        for record in history
+    )
+    return tables.to_csv(HISTORY_COLUMNS, rows)
 
 
 def run(params: Params) -> None:

@@ -115,7 +115,8 @@ def test_registered_candidate_loads_and_predicts_like_evaluate(built_project: Pa
     mlflow.set_tracking_uri(f"sqlite:///{built_project / 'mlruns.db'}")
     model = mlflow.pyfunc.load_model("models:/mlpipe-classifier@candidate")
     images = np.load(built_project / "data/prepared/test_images.npy")
-    probabilities = model.predict(images.astype(np.float32))["probabilities"]
+    assert images.dtype == np.uint8  # the prepared arrays as they are: the signature says uint8
+    probabilities = model.predict(images)["probabilities"]
     classes = json.loads((built_project / "data/prepared/schema.json").read_text())["classes"]
     predicted = [classes[i] for i in np.asarray(probabilities).argmax(1)]
     expected = [

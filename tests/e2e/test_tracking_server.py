@@ -117,7 +117,7 @@ def test_candidate_is_registered_and_loads_from_the_bucket_by_alias(
     mlflow.set_tracking_uri(tracking_server.uri)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@candidate")
     images = np.load(tracked_project / "data/prepared/test_images.npy")
-    probabilities = np.asarray(model.predict(images.astype(np.float32))["probabilities"])
+    probabilities = np.asarray(model.predict(images)["probabilities"])
     classes = json.loads((tracked_project / "data/prepared/schema.json").read_text())["classes"]
     predictions = (tracked_project / "reports/predictions.csv").read_text().splitlines()[1:]
     assert [classes[i] for i in probabilities.argmax(1)] == [line.split(",")[1] for line in predictions]

@@ -5,7 +5,6 @@ Bodies are the JSON objects a client sends; the expected errors are the 400 mess
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +14,15 @@ import numpy as np
 from kserve.protocol.infer_type import InferRequest
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 
-PACKAGE = Path("models/package")
+from mlpipe import paths, tables
+from mlpipe.manifest import MANIFEST_FILE, PackageManifest
+
+PACKAGE = paths.PACKAGE_DIR
 
 
 @dataclass(frozen=True)
 class Spec:
-    """The input spec of a built package, as its package.json states it."""
+    """The input spec of a built package, as its package.json (PackageManifest) states it."""
 
     name: str
     height: int
@@ -32,15 +34,10 @@ class Spec:
 
     @classmethod
     def of(cls, project: Path) -> Spec:
-        manifest = json.loads((project / PACKAGE / "package.json").read_text())
-        spec = manifest["input"]
+        manifest = PackageManifest.from_json(json.loads((project / PACKAGE / MANIFEST_FILE).read_text()))
+        spec = manifest.input
         return cls(
-            spec["name"],
-            *spec["shape"],
-            spec["pixel_range"][1],
-            spec["max_batch_size"],
-            manifest["labels"],
-            manifest["name"],
+            spec.name, *spec.shape, spec.pixel_max, spec.max_batch_size, list(manifest.labels), manifest.name
         )
 
 
@@ -51,8 +48,7 @@ def prepared_test_images(project: Path) -> np.ndarray:
 
 def evaluate_predictions(project: Path) -> list[str]:
     """`evaluate`'s predicted label for every test image, in the split's order."""
-    with (project / "reports/predictions.csv").open() as f:
-        return [row["predicted"] for row in csv.DictReader(f)]
+    return [row["predicted"] for row in tables.read_csv(project / paths.PREDICTIONS_FILE)]
 
 
 def v1_body(images: np.ndarray) -> dict[str, Any]:

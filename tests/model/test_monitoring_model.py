@@ -12,12 +12,10 @@ from prometheus_client import REGISTRY
 
 from mlpipe import drift
 from mlpipe.errors import ArtifactError
-from mlpipe.package_spec import PROFILE_FILE
+from mlpipe.manifest import PROFILE_FILE
 from mlpipe.serving.edge import MONITOR_KEY, reject
 from mlpipe.serving.server import ImageClassifier
 from tests.model.serving_cases import PACKAGE, infer_request, prepared_test_images, v2_body
-
-pytestmark = pytest.mark.slow  # needs the package that `dvc repro` builds
 
 
 def test_package_ships_the_training_profile(built_project: Path) -> None:

@@ -26,8 +26,6 @@ from tests.model.serving_cases import (
     v2_body,
 )
 
-pytestmark = pytest.mark.slow  # needs the package that `dvc repro` builds
-
 
 @pytest.fixture(scope="module")
 def spec(built_project: Path) -> Spec:

@@ -1,20 +1,20 @@
 """Reading models/package/ (package.json + the ONNX file it names) for serving, with checks.
 
-The package stage writes the format; this module reads it without importing torch, so it can
-run in the slim serve image.
+The manifest's format is mlpipe.manifest's; this module checks a package on disk against it,
+without importing torch, so it can run in the slim serve image.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlpipe.errors import ArtifactError
-from mlpipe.package_spec import MANIFEST_FILE
-from mlpipe.package_spec import PACKAGE_FORMAT as SUPPORTED_FORMAT
+from mlpipe.manifest import MANIFEST_FILE, PackageManifest
+from mlpipe.manifest import PACKAGE_FORMAT as SUPPORTED_FORMAT
+from mlpipe.tables import read_json
 
 # The V2 datatype of each NumPy dtype a package may declare for its input.
 V2_DATATYPES = {"uint8": "UINT8", "float32": "FP32"}
@@ -31,6 +31,11 @@ class InputSpec:
     pixel_max: int
     max_batch_size: int
     datatype: str  # V2 datatype of the prepared pixels, e.g. UINT8
+
+    @property
+    def dtype(self) -> str:
+        """The NumPy dtype the model takes: the one ``datatype`` names."""
+        return next(dtype for dtype, datatype in V2_DATATYPES.items() if datatype == self.datatype)
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,7 @@ def _manifest(model_dir: Path) -> dict[str, Any]:
             "written by `mlpipe package` (models/package)"
         )
     path = model_dir / MANIFEST_FILE
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ArtifactError(f"{path}: not found; {model_dir} is not a model package") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path}: not valid JSON ({e}); rebuild it with `dvc repro package`") from e
+    raw = read_json(path, f"{model_dir} is not a model package", "rebuild it with `dvc repro package`")
     if not isinstance(raw, dict) or raw.get("format") != SUPPORTED_FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else None
         raise ArtifactError(
@@ -67,8 +67,8 @@ def _manifest(model_dir: Path) -> dict[str, Any]:
     return raw
 
 
-def _model_bytes(model_dir: Path, manifest: dict[str, Any]) -> bytes:
-    model_file = manifest["model_file"]
+def _model_bytes(model_dir: Path, manifest: PackageManifest) -> bytes:
+    model_file = manifest.model_file
     onnx_files = sorted(p.name for p in model_dir.glob("*.onnx"))
     if onnx_files != [model_file]:
         raise ArtifactError(
@@ -77,38 +77,32 @@ def _model_bytes(model_dir: Path, manifest: dict[str, Any]) -> bytes:
         )
     data = (model_dir / model_file).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    if digest != manifest["model_sha256"]:
+    if digest != manifest.model_sha256:
         raise ArtifactError(
             f"{model_dir / model_file}: sha256 {digest[:12]}… does not match {MANIFEST_FILE} "
-            f"({str(manifest['model_sha256'])[:12]}…); the file is corrupt or from another package"
+            f"({manifest.model_sha256[:12]}…); the file is corrupt or from another package"
         )
     return data
 
 
 def read_package(model_dir: Path) -> ModelPackage:
     """Read and check the package in ``model_dir``; raise ArtifactError saying what is wrong."""
-    manifest = _manifest(model_dir)
+    raw = _manifest(model_dir)
     try:
-        spec = manifest["input"]
-        height, width = (int(n) for n in spec["shape"])
-        package = ModelPackage(
-            name=str(manifest["name"]),
-            version=str(manifest["model_sha256"])[:VERSION_DIGITS],
-            model_bytes=_model_bytes(model_dir, manifest),
-            input=InputSpec(
-                name=str(spec["name"]),
-                height=height,
-                width=width,
-                pixel_max=int(spec["pixel_range"][1]),
-                max_batch_size=int(spec["max_batch_size"]),
-                datatype=V2_DATATYPES[spec["dtype"]],
-            ),
-            output_name=str(manifest["output"]["name"]),
-            labels=tuple(str(label) for label in manifest["labels"]),
-        )
+        manifest = PackageManifest.from_json(raw)
+        spec = manifest.input
+        height, width = spec.shape
+        datatype = V2_DATATYPES[spec.dtype]
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise ArtifactError(
             f"{model_dir / MANIFEST_FILE}: malformed manifest ({type(e).__name__}: {e}); "
             "rebuild it with `dvc repro package`"
         ) from e
-    return package
+    return ModelPackage(
+        name=manifest.name,
+        version=manifest.model_sha256[:VERSION_DIGITS],
+        model_bytes=_model_bytes(model_dir, manifest),
+        input=InputSpec(spec.name, height, width, spec.pixel_max, spec.max_batch_size, datatype),
+        output_name=manifest.output_name,
+        labels=manifest.labels,
+    )

@@ -134,9 +134,12 @@ class ImageClassifier(Model):
         return self.package, self.session
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities [N, C] for checked float32 pixels [N, H, W], in one forward pass."""
+        """Class probabilities [N, C] for checked pixels [N, H, W], in one forward pass."""
         package, session = self._ready_parts()
-        return session.run([package.output_name], {package.input.name: pixels})[0]
+        # The model takes the data's own dtype (the manifest's); fractional pixels, which only a
+        # V1 or FP32 request can carry, go to the nearest whole value.
+        model_input = np.rint(pixels).astype(package.input.dtype, copy=False)
+        return session.run([package.output_name], {package.input.name: model_input})[0]
 
     def _classified(self, pixels: np.ndarray) -> np.ndarray:
         probabilities = self.probabilities(pixels)

@@ -1,0 +1,27 @@
+"""A package built in-process: the stages' own functions on tiny params, in a temporary project."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mlpipe import evaluate, package, prepare, train
+from mlpipe.params import parse_params
+from tests.conftest import TINY_PARAMS
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory after prepare → train → evaluate → package on tiny params, with the model
+    registered as @candidate in its own MLflow store (mlruns.db); shared: do not modify it."""
+    project = tmp_path_factory.mktemp("packaged")
+    params = parse_params(TINY_PARAMS)
+    with pytest.MonkeyPatch.context() as env:
+        env.chdir(project)
+        for name in [k for k in os.environ if k.startswith(("MLFLOW_", "DVC_"))]:
+            env.delenv(name)
+        for stage in (prepare, train, evaluate, package):
+            stage.run(params)
+    return project

@@ -1,0 +1,36 @@
+"""The package the package stage writes: its manifest through PackageManifest, and its model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mlpipe import paths, tables
+from mlpipe.manifest import CARD_FILE, MANIFEST_FILE, PackageManifest
+from tests.model.serving_cases import PACKAGE
+
+
+def test_manifest_reads_back_to_the_same_json(built_project: Path) -> None:
+    raw = json.loads((built_project / PACKAGE / MANIFEST_FILE).read_text())
+    assert PackageManifest.from_json(raw).to_json() == raw
+
+
+def test_manifest_declares_raw_uint8_pixels_and_the_preprocessing_in_the_graph(built_project: Path) -> None:
+    manifest = PackageManifest.from_json(json.loads((built_project / PACKAGE / MANIFEST_FILE).read_text()))
+    schema = json.loads((built_project / paths.SCHEMA_FILE).read_text())
+    assert manifest.input.dtype == schema["dtype"] == "uint8"
+    assert manifest.input.pixel_max == schema["pixel_range"][1]
+    assert (manifest.preprocessing.mean, manifest.preprocessing.std) == (
+        schema["pixel_mean"],
+        schema["pixel_std"],
+    )
+
+
+def test_model_card_states_the_metrics_and_every_class(built_project: Path) -> None:
+    card = (built_project / PACKAGE / CARD_FILE).read_text()
+    metrics = tables.read_metrics(built_project / paths.METRICS_FILE)
+    assert f"- accuracy: {metrics['test_accuracy']:.4f}" in card
+    assert f"- examples: {metrics['test_examples']}" in card
+    for row in tables.read_csv(built_project / paths.PER_CLASS_FILE):
+        assert f"| {row['class']} | {row['precision']} | {row['recall']} |" in card
+    assert "$" not in card  # every placeholder of the template is filled in
