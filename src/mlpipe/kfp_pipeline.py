@@ -71,12 +71,11 @@ def compile_pipeline(out: Path, dvc_yaml: Path = paths.DVC_YAML, image: str = DE
     def dvc_stage(stage: str, command: str, project_dir: str) -> None:
         """Run one DVC stage (`command` is what dvc.yaml runs, recorded for reading)."""
         import subprocess
-        import sys
 
         repro = ["dvc", "repro", "--single-item", stage]
         code = subprocess.run(repro, cwd=project_dir, check=False).returncode
-        if code != 0:  # the task fails with a line that names the stage (DVC's output is above)
-            sys.exit(f"stage {stage}: `dvc repro --single-item {stage}` exited {code}")
+        if code != 0:  # KFP reports the exception's line: it names the stage (DVC's output is above)
+            raise RuntimeError(f"stage {stage}: `dvc repro --single-item {stage}` exited {code}")
 
     stages = read_stages(dvc_yaml)
 
