@@ -122,7 +122,14 @@ def run_local(project_dir: Path, pipeline_file: Path | None = None) -> None:
             except RuntimeError as e:
                 # KFP's message is coloured and spread over lines: one plain line for the CLI
                 reason = " ".join(ANSI_ESCAPE.sub("", str(e)).split())
-                raise MlpipeError(f"kfp local run in {project_dir}: {reason}") from e
+                tasks = yaml.safe_load(pipeline_file.read_text(encoding="utf-8"))["root"]["dag"]["tasks"]
+                failed = [
+                    task["inputs"]["parameters"]["stage"]["runtimeValue"]["constant"]
+                    for name, task in tasks.items()
+                    if f"'{name}'" in reason
+                ]
+                stage = f"stage {failed[0]} failed; " if failed else ""
+                raise MlpipeError(f"kfp local run in {project_dir}: {stage}{reason}") from e
 
 
 def submit(

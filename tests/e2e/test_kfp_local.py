@@ -72,6 +72,6 @@ def test_a_failing_stage_fails_the_run_with_one_line_naming_it(tmp_path: Path) -
     assert result.returncode == 1
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("mlpipe: error:")]
     assert line.startswith(f"mlpipe: error: kfp local run in {project.resolve()}: ")
-    assert "stage prepare: `dvc repro --single-item prepare` exited" in line
+    assert line.startswith(f"mlpipe: error: kfp local run in {project.resolve()}: stage prepare failed; ")
     assert "\x1b[" not in line
     assert not (project / "data/prepared/schema.json").exists()
