@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
@@ -167,6 +169,21 @@ def mlpipe_server(model_dir: Path, args: Sequence[str] = (), timeout: float = 60
         ready = server.url + "/v2/health/ready"
         child.wait_until(lambda: http_ok(ready), f"mlpipe serve at {server.url}", timeout)
         yield server
+
+
+@contextmanager
+def threaded_http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A stand-in HTTP API: ``handler`` served on 127.0.0.1 from a thread of this process;
+    yields its base URL (``http://127.0.0.1:PORT``) and stops it when the block ends."""
+    server = ThreadingHTTPServer((LOOPBACK, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{LOOPBACK}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 @contextmanager

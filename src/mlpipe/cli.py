@@ -386,6 +386,53 @@ def kfp_compile(
     typer.echo(f"wrote {out}")
 
 
+@kfp_app.command("run")
+def kfp_run(
+    local: Annotated[
+        bool, typer.Option("--local", help="Run on this machine (KFP's subprocess runner).")
+    ] = False,
+    pipeline: Annotated[
+        Path | None, typer.Option(help="A compiled pipeline to run (default: dvc.yaml compiled now).")
+    ] = None,
+) -> None:
+    """Run the pipeline here with KFP's local runner: each task runs its DVC stage in this project."""
+    from mlpipe import kfp_pipeline
+
+    if not local:
+        raise MlpipeError(
+            "`mlpipe kfp run` runs on this machine only: pass --local (a cluster: `kfp submit`)"
+        )
+    kfp_pipeline.run_local(Path.cwd(), pipeline)
+
+
+@kfp_app.command("submit")
+def kfp_submit(
+    pipeline: Annotated[Path, typer.Option(help="The compiled pipeline (`mlpipe kfp compile`).")] = Path(
+        "pipeline.yaml"
+    ),
+    experiment: Annotated[str, typer.Option(help="KFP experiment the run belongs to.")] = "mlpipe",
+    run_name: Annotated[str, typer.Option(help="The run's name in the KFP UI.")] = "mlpipe",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run to end.")] = 6 * 3600,
+    poll: Annotated[float, typer.Option(help="Seconds between two looks at the run's state.")] = 10,
+) -> None:
+    """Submit the compiled pipeline to KFP_HOST (token: KFP_TOKEN), wait, fail if the run fails."""
+    from mlpipe import kfp_pipeline
+
+    host = os.environ.get("KFP_HOST")
+    if not host:
+        raise MlpipeError(
+            "KFP_HOST is not set: export the KFP API's URL, e.g. https://kubeflow.example.com/pipeline"
+        )
+    if not pipeline.is_file():
+        raise MlpipeError(
+            f"{pipeline}: no compiled pipeline; run `mlpipe kfp compile --out {pipeline}` first"
+        )
+    run_id = kfp_pipeline.submit(
+        pipeline, host, os.environ.get("KFP_TOKEN"), experiment, run_name, timeout_s=timeout, poll_s=poll
+    )
+    typer.echo(f"KFP run {run_id} succeeded")
+
+
 def _pinned_params() -> Params:
     """params.yaml, with the numerics it asks for pinned (before anything imports torch)."""
     params = load_params()

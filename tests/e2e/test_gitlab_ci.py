@@ -35,6 +35,7 @@ MERGE_REQUEST_DAG = {
     "comment": ["report"],
     "gate": ["repro"],
     "build": ["gate"],
+    "kfp-compile": [],
 }
 MAIN_DAG = {
     **{job: needs for job, needs in MERGE_REQUEST_DAG.items() if job not in ("report", "comment")},
@@ -53,6 +54,7 @@ CREDENTIALS = (
     "REPO_TOKEN",
     "KUBE_CONFIG",
     "KUBE_CONTEXT",
+    "KFP_TOKEN",
 )
 
 
@@ -123,7 +125,7 @@ def script(job: dict[str, Any]) -> str:
 
 def test_every_job_parses_and_its_script_is_valid_shell(preview: dict[str, Any], tmp_path: Path) -> None:
     jobs = {name: job for name, job in preview.items() if isinstance(job, dict) and "script" in job}
-    assert set(jobs) == set(MAIN_DAG) | set(MERGE_REQUEST_DAG) | {"retrain"}
+    assert set(jobs) == set(MAIN_DAG) | set(MERGE_REQUEST_DAG) | {"retrain", "kfp-submit"}
     for name, job in jobs.items():
         file = tmp_path / f"{name}.sh"
         file.write_text(script(job))
@@ -289,3 +291,54 @@ def test_retrain_runs_one_at_a_time_on_the_gpu_runner_with_the_project_token(pre
     assert "$GITLAB_TOKEN" not in job["script"][-1]
     # the token is read at push time, never written into the checkout's git config
     assert not [line for line in job["script"] if "set-url" in line and "GITLAB_TOKEN" in line]
+
+
+# The Kubeflow Pipelines path: a cluster's KFP API, set as a CI/CD variable.
+WITH_KFP = ("--variable", "KFP_HOST=https://kubeflow.example.com/pipeline")
+
+
+@pytest.mark.parametrize("variables", [MERGE_REQUEST, MAIN], ids=["merge-request", "main"])
+def test_every_pipeline_compiles_the_kubeflow_pipeline_and_keeps_it(
+    gitlab_ci_local: str, ci_repo: Path, preview: dict[str, Any], variables: tuple[str, ...]
+) -> None:
+    jobs = pipeline(gitlab_ci_local, ci_repo, variables)
+    assert jobs["kfp-compile"]["when"] == "on_success"
+    assert "kfp-submit" not in jobs  # no KFP_HOST: the GPU runner's path alone
+    compile_job = preview["kfp-compile"]
+    assert compile_job["script"] == ['mlpipe kfp compile --out pipeline.yaml --image "$TRAIN_IMAGE"']
+    assert compile_job["artifacts"]["paths"] == ["pipeline.yaml"]
+    # the SDK comes from the `kfp` extra, pinned by the lock file
+    assert compile_job["before_script"] == [
+        'python -m pip install --quiet --constraint requirements.lock ".[kfp]"'
+    ]
+
+
+@pytest.mark.parametrize("variables", [MERGE_REQUEST, MAIN], ids=["merge-request", "main"])
+def test_with_kfp_host_the_pipeline_can_be_submitted_by_hand(
+    gitlab_ci_local: str, ci_repo: Path, preview: dict[str, Any], variables: tuple[str, ...]
+) -> None:
+    jobs = pipeline(gitlab_ci_local, ci_repo, (*variables, *WITH_KFP))
+    assert jobs["kfp-submit"]["when"] == "manual"
+    assert needs(jobs)["kfp-submit"] == ["kfp-compile", "train-image"]
+    assert needs(jobs)["repro"] == ["test", "train-image"]  # the GPU runner's path is unchanged
+    submit = preview["kfp-submit"]
+    assert submit["allow_failure"] is True  # a manual job that does not hold the pipeline
+    assert submit["interruptible"] is False
+    assert submit["script"] == [
+        'mlpipe kfp submit --pipeline pipeline.yaml --run-name "$CI_PROJECT_PATH_SLUG-$CI_PIPELINE_ID"'
+    ]
+    assert "tags" not in submit
+
+
+def test_with_kfp_host_the_merge_request_pipeline_needs_no_job_it_leaves_out(
+    gitlab_ci_local: str, ci_repo: Path
+) -> None:
+    out = gitlab(gitlab_ci_local, ci_repo, "--validate-dependency-chain", *MERGE_REQUEST, *WITH_KFP)
+    assert "All job dependencies are valid" in out
+
+
+@pytest.mark.parametrize("source", RETRAIN_SOURCES)
+def test_a_retrain_pipeline_submits_nothing_to_kubeflow(
+    gitlab_ci_local: str, ci_repo: Path, source: str
+) -> None:
+    assert list(pipeline(gitlab_ci_local, ci_repo, (*on_main(source), *WITH_KFP))) == ["retrain"]

@@ -12,7 +12,7 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 from tests.conftest import TINY_PARAMS, make_project, run, subprocess_env
-from tests.servers import LOOPBACK
+from tests.servers import threaded_http_server
 
 pytestmark = pytest.mark.slow
 
@@ -116,16 +116,9 @@ def gitlab_handler(state: FakeGitLab) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture(scope="module")
 def gitlab() -> Iterator[FakeGitLab]:
     state = FakeGitLab()
-    server = ThreadingHTTPServer((LOOPBACK, 0), gitlab_handler(state))
-    state.url = f"http://{LOOPBACK}:{server.server_address[1]}/api/v4"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with threaded_http_server(gitlab_handler(state)) as url:
+        state.url = f"{url}/api/v4"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def write_digits(upstream: Path, indices: range) -> None:
