@@ -28,7 +28,7 @@ input_name = session.get_inputs()[0].name
 
 async def infer(request: Request) -> Response:
     tensor = orjson.loads(await request.body())["inputs"][0]
-    pixels = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+    pixels = np.asarray(tensor["data"], dtype=np.uint8).reshape(tensor["shape"])
     probabilities = session.run(None, {input_name: pixels})[0]
     output = {"name": "probabilities", "shape": list(probabilities.shape), "datatype": "FP32"}
     body = {"model_name": "floor", "outputs": [output | {"data": probabilities.ravel().tolist()}]}

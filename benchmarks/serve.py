@@ -63,7 +63,7 @@ def bare_forward(model_dir: Path, image: np.ndarray, runs: int = 5000) -> np.nda
     """Milliseconds per forward pass of one image through the server's model, without HTTP."""
     classifier = ImageClassifier(None, model_dir)
     classifier.load()
-    pixels = image[None].astype(np.float32)
+    pixels = image[None]
     for _ in range(200):
         classifier.probabilities(pixels)
     times = np.empty(runs)
@@ -221,8 +221,8 @@ def measure(server: Server, rate: float, seconds: float, wrk_seconds: int, scrat
 
 
 def mlflow_model(onnx_path: Path, image: np.ndarray, dest: Path) -> Path:
-    """The package's ONNX model saved with MLflow's ONNX flavor, with a float32 tensor signature
-    of its input and its output (mlserver-mlflow fails to load a model whose signature has no
+    """The package's ONNX model saved with MLflow's ONNX flavor, with a tensor signature of its
+    input (the raw uint8 pixels) and its output (mlserver-mlflow fails to load a model whose signature has no
     outputs: "'NoneType' object has no attribute 'inputs'")."""
     import mlflow.onnx
     import onnx
@@ -230,7 +230,7 @@ def mlflow_model(onnx_path: Path, image: np.ndarray, dest: Path) -> Path:
     from mlflow.models import infer_signature
 
     session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    example = {session.get_inputs()[0].name: image[None].astype(np.float32)}
+    example = {session.get_inputs()[0].name: image[None]}
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, example), strict=True))
     mlflow.onnx.save_model(onnx.load(onnx_path), dest, signature=infer_signature(example, outputs))
     return dest
@@ -258,14 +258,14 @@ def servers(model_dir: Path, image: np.ndarray, scratch: Path, mlserver_venv: Pa
             [str(BIN_DIR / "mlflow"), "models", "serve", "-m", str(saved), "--env-manager", "local",
              "-h", LOOPBACK, "-p", str(ports[1]), "-w", "1"],
             "/invocations",
-            json.dumps({"inputs": {"pixels": image[None].astype(float).tolist()}}).encode(),
+            json.dumps({"inputs": {"pixels": image[None].tolist()}}).encode(),
             "/ping", ports[1],
         ),
         Server(
             "Starlette + uvicorn + ONNX Runtime (floor)",
             [sys.executable, "-m", "uvicorn", "--app-dir", str(BENCHMARKS_DIR), "floor_server:app",
              "--host", LOOPBACK, "--port", str(ports[2]), "--no-access-log"],
-            "/v2/models/floor/infer", v2_body(image, "FP32"), "/v2/health/ready", ports[2],
+            "/v2/models/floor/infer", v2_body(image, "UINT8"), "/v2/health/ready", ports[2],
             {"MLPIPE_FLOOR_MODEL": str(model_dir / "model.onnx")},
         ),
     ]  # fmt: skip
@@ -284,7 +284,7 @@ def servers(model_dir: Path, image: np.ndarray, scratch: Path, mlserver_venv: Pa
         result.insert(2, Server(
             "MLServer + mlserver-mlflow",
             [str(mlserver_venv / "bin" / "mlserver"), "start", str(scratch / "mlserver")],
-            "/v2/models/mlpipe/infer", v2_body(image.astype(np.float32), "FP32"), "/v2/models/mlpipe/ready",
+            "/v2/models/mlpipe/infer", v2_body(image, "UINT8"), "/v2/models/mlpipe/ready",
             ports[3],
         ))  # fmt: skip
     return result

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlpipe.manifest import ONNX_INPUT_DTYPES
 from mlpipe.serving.model_package import ModelPackage, read_package
 
 WARMUP = 5
@@ -46,10 +47,10 @@ def package_bytes(model_dir: Path) -> int:
     return sum(file.stat().st_size for file in model_dir.rglob("*") if file.is_file())
 
 
-def _inputs(package: ModelPackage, count: int, rng: np.random.Generator) -> np.ndarray:
+def _inputs(package: ModelPackage, onnx_type: str, count: int, rng: np.random.Generator) -> np.ndarray:
     spec = package.input
     shape = (count, spec.height, spec.width)
-    return (rng.random(shape) * spec.pixel_max).astype(np.float32)
+    return np.round(rng.random(shape) * spec.pixel_max).astype(ONNX_INPUT_DTYPES.get(onnx_type, spec.dtype))
 
 
 def measure(model_dirs: Mapping[str, Path], batch_size: int = BATCH_SIZE) -> dict[str, Cost]:
@@ -63,8 +64,11 @@ def measure(model_dirs: Mapping[str, Path], batch_size: int = BATCH_SIZE) -> dic
     }
     rng = np.random.default_rng(0)
     batch = {name: min(batch_size, package.input.max_batch_size) for name, package in packages.items()}
-    single_feed = {name: {p.input.name: _inputs(p, 1, rng)} for name, p in packages.items()}
-    batch_feed = {name: {p.input.name: _inputs(p, batch[name], rng)} for name, p in packages.items()}
+    types = {name: session.get_inputs()[0].type for name, session in sessions.items()}
+    single_feed = {name: {p.input.name: _inputs(p, types[name], 1, rng)} for name, p in packages.items()}
+    batch_feed = {
+        name: {p.input.name: _inputs(p, types[name], batch[name], rng)} for name, p in packages.items()
+    }
     timings: dict[str, dict[str, list[float]]] = {name: {"single": [], "batch": []} for name in packages}
 
     def timed(name: str, feed: dict[str, np.ndarray]) -> float:

@@ -21,6 +21,9 @@ OUTPUT_NAME = "probabilities"
 # The model's input type: the prepared arrays' own (data.LabeledImages holds uint8 pixels). The
 # exported graph takes it and casts and normalises inside, so every consumer sends raw pixels.
 INPUT_DTYPE = "uint8"
+# What an ONNX graph's input type means in NumPy. Packages made before INPUT_DTYPE took float32
+# pixels (cast and normalised inside too): a rollback to one must still be served and costed.
+ONNX_INPUT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
 
 
 @dataclass(frozen=True)

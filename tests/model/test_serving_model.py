@@ -231,3 +231,37 @@ def test_corrupt_onnx_file_is_reported(package_copy: Path) -> None:
     (package_copy / "model.onnx").write_bytes(garbage)
     edit_manifest(package_copy, model_sha256=hashlib.sha256(garbage).hexdigest())
     assert "the ONNX model cannot be loaded" in load_error(package_copy)
+
+
+def with_input_type(package: Path, elem_type: int) -> None:
+    """Rewrite the package's graph to declare another input type (its first op casts anyway)."""
+    import onnx
+
+    model = onnx.load_model_from_string((package / "model.onnx").read_bytes())
+    model.graph.input[0].type.tensor_type.elem_type = elem_type
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    (package / "model.onnx").write_bytes(data)
+    edit_manifest(package, model_sha256=hashlib.sha256(data).hexdigest())
+
+
+def test_a_package_whose_graph_takes_float32_is_served_alike(
+    package_copy: Path, built_project: Path, spec: Spec
+) -> None:
+    """A rollback serves a package made when graphs took float32 pixels: same answers."""
+    import onnx
+
+    with_input_type(package_copy, onnx.TensorProto.FLOAT)
+    older = ImageClassifier(None, package_copy)
+    older.load()
+    batched = batches(prepared_test_images(built_project), spec.max_batch_size)
+    assert [label for batch in batched for label in v2_labels(older, batch)] == evaluate_predictions(
+        built_project
+    )
+
+
+def test_a_graph_taking_another_input_type_is_refused(package_copy: Path) -> None:
+    import onnx
+
+    with_input_type(package_copy, onnx.TensorProto.INT32)
+    assert "the ONNX model takes tensor(int32)" in load_error(package_copy)

@@ -30,6 +30,7 @@ from timing_asgi import TimingMiddleware
 
 from mlpipe import drift
 from mlpipe.errors import ArtifactError, MlpipeError
+from mlpipe.manifest import INPUT_DTYPE, ONNX_INPUT_DTYPES
 from mlpipe.serving.edge import AccessLog, install
 from mlpipe.serving.metrics import ModelMonitor, monitored
 from mlpipe.serving.model_package import InputSpec, ModelPackage, read_package
@@ -79,6 +80,7 @@ class ImageClassifier(Model):
         self.monitor: ModelMonitor | None = None
         self.package: ModelPackage | None = None
         self.session: onnxruntime.InferenceSession | None = None
+        self.model_dtype = np.dtype(INPUT_DTYPE)  # what the loaded graph takes (set by load)
 
     def load(self) -> bool:
         """Read and check the package, create the ONNX Runtime session, and become ready."""
@@ -111,6 +113,13 @@ class ImageClassifier(Model):
                 f"{self.model_dir}: the ONNX model has inputs/outputs {io_names}, the manifest says "
                 f"{([package.input.name], [package.output_name])}"
             )
+        onnx_type = session.get_inputs()[0].type
+        if onnx_type not in ONNX_INPUT_DTYPES:
+            raise ArtifactError(
+                f"{self.model_dir}: the ONNX model takes {onnx_type}; packages take one of "
+                f"{', '.join(sorted(ONNX_INPUT_DTYPES))}"
+            )
+        self.model_dtype = np.dtype(ONNX_INPUT_DTYPES[onnx_type])
         return session
 
     # With --workers > 1 KServe pickles the model into each worker process: the session itself
@@ -137,8 +146,12 @@ class ImageClassifier(Model):
         """Class probabilities [N, C] for checked pixels [N, H, W], in one forward pass."""
         package, session = self._ready_parts()
         # The model takes the data's own dtype (the manifest's); fractional pixels, which only a
-        # V1 or FP32 request can carry, go to the nearest whole value.
-        model_input = np.rint(pixels).astype(package.input.dtype, copy=False)
+        # V1 or FP32 request can carry, go to the nearest whole value. A package made before
+        # that (a rollback's) takes float32 as it comes.
+        if self.model_dtype.kind == "f":
+            model_input = pixels.astype(self.model_dtype, copy=False)
+        else:
+            model_input = np.rint(pixels).astype(self.model_dtype, copy=False)
         return session.run([package.output_name], {package.input.name: model_input})[0]
 
     def _classified(self, pixels: np.ndarray) -> np.ndarray:
