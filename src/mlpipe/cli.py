@@ -378,11 +378,15 @@ def kfp_compile(
     image: Annotated[str, typer.Option(help="The train image every task runs in.")] = (
         "registry.example.com/mlpipe/train:latest"
     ),
+    gpus: Annotated[int, typer.Option(min=0, help="GPUs the train task asks for (nvidia.com/gpu).")] = 1,
+    cpu: Annotated[str, typer.Option(help="CPU request of the train task (Kubernetes quantity).")] = "4",
+    memory: Annotated[str, typer.Option(help="Memory request of the train task.")] = "16Gi",
 ) -> None:
     """Compile dvc.yaml into a Kubeflow Pipeline: one task per stage, in dvc.yaml's order."""
     from mlpipe import kfp_pipeline
 
-    kfp_pipeline.compile_pipeline(out, paths.DVC_YAML, image)
+    resources = kfp_pipeline.Resources(gpus=gpus, cpu=cpu, memory=memory)
+    kfp_pipeline.compile_pipeline(out, paths.DVC_YAML, image, resources)
     typer.echo(f"wrote {out}")
 
 

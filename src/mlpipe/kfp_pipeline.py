@@ -63,8 +63,24 @@ def read_stages(dvc_yaml: Path = paths.DVC_YAML) -> list[Stage]:
     ]
 
 
-def compile_pipeline(out: Path, dvc_yaml: Path = paths.DVC_YAML, image: str = DEFAULT_IMAGE) -> None:
-    """Write the compiled pipeline (KFP IR YAML) for dvc.yaml's stages to ``out``."""
+@dataclass(frozen=True)
+class Resources:
+    """What the training stage's task asks the cluster for (the other stages take the defaults)."""
+
+    stage: str = "train"
+    gpus: int = 1
+    cpu: str = "4"
+    memory: str = "16Gi"
+
+
+def compile_pipeline(
+    out: Path,
+    dvc_yaml: Path = paths.DVC_YAML,
+    image: str = DEFAULT_IMAGE,
+    resources: Resources | None = Resources(),
+) -> None:
+    """Write the compiled pipeline (KFP IR YAML) for dvc.yaml's stages to ``out``; ``resources``
+    go on the training stage's task (None: no requests, as for KFP's local runner)."""
     from kfp import compiler, dsl
 
     @dsl.component(base_image=image)
@@ -85,6 +101,10 @@ def compile_pipeline(out: Path, dvc_yaml: Path = paths.DVC_YAML, image: str = DE
         for stage in stages:
             task = dvc_stage(stage=stage.name, command=stage.cmd, project_dir=project_dir)
             task.set_display_name(stage.name).set_caching_options(False)
+            if resources is not None and stage.name == resources.stage:
+                task.set_cpu_request(resources.cpu).set_memory_request(resources.memory)
+                if resources.gpus:
+                    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(resources.gpus)
             for upstream in stage.after:
                 task.after(tasks[upstream])
             tasks[stage.name] = task
@@ -103,7 +123,7 @@ def run_local(project_dir: Path, pipeline_file: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="mlpipe-kfp-") as work:
         if pipeline_file is None:
             pipeline_file = Path(work) / "pipeline.yaml"
-            compile_pipeline(pipeline_file, project_dir / paths.DVC_YAML)
+            compile_pipeline(pipeline_file, project_dir / paths.DVC_YAML, resources=None)
         pipeline = components.load_component_from_file(str(pipeline_file))
         local.init(
             runner=local.SubprocessRunner(use_venv=False),
