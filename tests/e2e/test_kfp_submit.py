@@ -16,11 +16,10 @@ from typing import Any
 
 import pytest
 import yaml
-from mlpipe.serving.local import LOOPBACK, free_port
 
 from mlpipe.kfp_pipeline import compile_pipeline
 from tests.conftest import REPO_ROOT, run
-from tests.servers import threaded_http_server
+from tests.servers import LOOPBACK, free_port, threaded_http_server
 
 pytestmark = pytest.mark.slow
 
