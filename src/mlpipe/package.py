@@ -113,7 +113,7 @@ def run(params: Params) -> None:
     checkpoint = load_checkpoint(paths.CHECKPOINT_FILE)
     metrics = tables.read_metrics(paths.METRICS_FILE, required=CARD_METRICS)
     per_class = tables.read_csv(paths.PER_CLASS_FILE)
-    test = read_split("test", schema=schema)
+    test = read_split(paths.TEST_SPLIT, schema=schema)
     register_model = params.package.register_model and tracking.registers_models()
     if params.package.register_model and not register_model:
         log.info("not registering a version: experiments do not move @%s", registry.CANDIDATE)
@@ -130,7 +130,7 @@ def run(params: Params) -> None:
         atomic.write_bytes(staging / MODEL_FILE, onnx_bytes)
         atomic.write_json(staging / MANIFEST_FILE, manifest.to_json())
         atomic.write_text(staging / CARD_FILE, model_card(manifest, params, per_class))
-        profile = drift.Profile.of(read_split("train", schema=schema).images, schema.pixel_max)
+        profile = drift.Profile.of(read_split(paths.TRAIN_SPLIT, schema=schema).images, schema.pixel_max)
         atomic.write_json(staging / PROFILE_FILE, profile.to_json())
         if mlflow_client is not None:
             registry.register(mlflow_client, staging, manifest, origin, test.images[:2])

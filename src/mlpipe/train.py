@@ -188,7 +188,8 @@ def run(params: Params) -> None:
 def _run(params: Params, world: distributed.World, device: torch.device) -> None:
     schema = read_schema()
     preprocessing = Preprocessing(schema.pixel_max, schema.pixel_mean, schema.pixel_std)
-    train_split, val_split = read_split("train", schema=schema), read_split("val", schema=schema)
+    train_split = read_split(paths.TRAIN_SPLIT, schema=schema)
+    val_split = read_split(paths.VAL_SPLIT, schema=schema)
     if world.is_main:  # rank 0 alone tracks and writes outputs
         # Check the tracking server before spending time on training.
         mlflow_client = tracking.client()

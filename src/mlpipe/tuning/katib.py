@@ -154,11 +154,9 @@ def metric_lines(metrics: dict[str, float]) -> list[str]:
 def run_trial(assignments: list[str]) -> list[str]:
     """In a trial pod: apply ``key=value`` params to params.yaml, run prepare, train and evaluate
     in this process, and return the metrics as `name=value` lines."""
-    import importlib
-
     import yaml
 
-    from mlpipe import atomic, paths
+    from mlpipe import atomic, evaluate, paths, prepare, train
     from mlpipe.errors import TuningError
     from mlpipe.params import parse_params
     from mlpipe.tuning.space import parse_scalar
@@ -172,8 +170,8 @@ def run_trial(assignments: list[str]) -> list[str]:
         raw.setdefault(section, {})[name] = parse_scalar(value)
     params = parse_params(raw, paths.PARAMS_FILE)
     atomic.write_text(paths.PARAMS_FILE, yaml.safe_dump(raw, sort_keys=False))
-    for stage in ("prepare", "train", "evaluate"):
-        importlib.import_module(f"mlpipe.{stage}").run(params)
+    for stage in (prepare, train, evaluate):
+        stage.run(params)
     metrics: dict[str, float] = {}
     for source in (paths.TRAIN_METRICS_FILE, paths.METRICS_FILE):
         metrics |= json.loads(source.read_text(encoding="utf-8"))
