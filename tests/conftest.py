@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,16 @@ def make_project(dest: Path, overrides: Mapping[str, Mapping[str, Any]] = TINY_P
     run("git", "add", "-A", cwd=dest)
     run("git", "commit", "-q", "-m", "project under test", cwd=dest)
     return dest
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_global_state_reset() -> Iterator[None]:
+    """A test that points MLflow's process-wide tracking URI somewhere (to load a pyfunc by its
+    `models:/` URI) leaves it unset again, so later tests start from a clean process state."""
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None and mlflow.tracking.is_tracking_uri_set():
+        mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="session")

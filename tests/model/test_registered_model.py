@@ -18,7 +18,7 @@ from tests.model.serving_cases import Spec, evaluate_predictions, prepared_test_
 def candidate(built_project: Path) -> Iterator[Any]:
     import mlflow
 
-    before = mlflow.get_tracking_uri()
+    before = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(f"sqlite:///{built_project / 'mlruns.db'}")
     try:
         yield mlflow.pyfunc.load_model(f"models:/{Spec.of(built_project).model_name}@{registry.CANDIDATE}")
