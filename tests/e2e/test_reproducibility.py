@@ -108,14 +108,21 @@ def test_reverting_a_param_restores_the_outputs_from_the_run_cache(tmp_path: Pat
     assert {name: digest(project / name) for name in TRAIN_RESULTS} == original
 
 
-def test_the_main_clone_restores_what_the_merge_request_clone_trained(tmp_path: Path) -> None:
-    """The merge request → main path: clone A (the MR) runs the pipeline, pushes its outputs and
-    run cache and commits its results; clone B (main, after the merge) pulls and runs no stage."""
+def origin_with_remotes(tmp_path: Path) -> Path:
+    """A project whose commit names the two DVC remotes of the template (data, the default, and
+    models), both directories under ``tmp_path / "remote"``: what the clones share."""
     origin = make_project(tmp_path / "origin")
     remote = tmp_path / "remote"
     run("dvc", "remote", "add", "-f", "-d", "data", str(remote / "data"), cwd=origin)
     run("dvc", "remote", "add", "-f", "models", str(remote / "models"), cwd=origin)
     run("git", "commit", "-qam", "remotes", cwd=origin)
+    return origin
+
+
+def test_the_main_clone_restores_what_the_merge_request_clone_trained(tmp_path: Path) -> None:
+    """The merge request → main path: clone A (the MR) runs the pipeline, pushes its outputs and
+    run cache and commits its results; clone B (main, after the merge) pulls and runs no stage."""
+    origin = origin_with_remotes(tmp_path)
     clone_a, clone_b = tmp_path / "a", tmp_path / "b"
     run("git", "clone", "-q", str(origin), str(clone_a), cwd=tmp_path)
     run("dvc", "repro", cwd=clone_a)
@@ -135,11 +142,7 @@ def test_the_main_clone_restores_what_the_merge_request_clone_trained(tmp_path: 
 def test_a_clone_of_the_same_commit_restores_every_stage_from_the_shared_remote(tmp_path: Path) -> None:
     """Same commit, only the DVC remotes shared, nothing committed after the run: clone A runs
     the pipeline and pushes (what CI runs), clone B pulls the run cache and runs no stage."""
-    origin = make_project(tmp_path / "origin")
-    remote = tmp_path / "remote"
-    run("dvc", "remote", "add", "-f", "-d", "data", str(remote / "data"), cwd=origin)
-    run("dvc", "remote", "add", "-f", "models", str(remote / "models"), cwd=origin)
-    run("git", "commit", "-qam", "remotes", cwd=origin)
+    origin = origin_with_remotes(tmp_path)
     clone_a, clone_b = tmp_path / "a", tmp_path / "b"
     for clone in (clone_a, clone_b):
         run("git", "clone", "-q", str(origin), str(clone), cwd=tmp_path)
