@@ -247,6 +247,13 @@ def tune(
         list[str] | None,
         typer.Option(help="Params to try first, e.g. 'train.lr=0.01,model.width=16' (repeatable)."),
     ] = None,
+    warm: Annotated[
+        bool,
+        typer.Option(
+            help="Fork the trials' stages from one process that has imported torch and MLflow "
+            "(--no-warm: a fresh Python process per stage, as `dvc exp run` alone would)."
+        ),
+    ] = True,
 ) -> None:
     """Run (or continue) the study in tune.db; print the best trial and how to keep it."""
     if ctx.invoked_subcommand is not None:
@@ -256,7 +263,7 @@ def tune(
 
     space = load_space()
     first = [space.parse_assignments(text) for text in enqueue or []]
-    outcome = Tuner(space, Path.cwd()).run(trials or space.trials, jobs, first)
+    outcome = Tuner(space, Path.cwd(), warm=warm).run(trials or space.trials, jobs, first)
     typer.echo(summary(outcome.study, space))
     if outcome.interrupted:
         typer.echo("interrupted: run `mlpipe tune` again to continue the study", err=True)

@@ -42,16 +42,27 @@ class NumericsError(RuntimeError):
     """Numerics were pinned too late: torch had already read its settings."""
 
 
+# What this process pinned before it imported torch (None: nothing, so the libraries' defaults).
+_pinned: Numerics | None = None
+
+
 def pin(numerics: Numerics) -> None:
-    """Set the environment for ``numerics``; must run before the first ``import torch``."""
+    """Set the environment for ``numerics``; must run before the first ``import torch``, unless
+    torch was imported after a ``pin`` of the same numerics (a warm process, mlpipe.prefork)."""
+    global _pinned
+    if "torch" in sys.modules:
+        if (_pinned or "native") != numerics:
+            raise NumericsError("mlpipe.numerics.pin() must run before torch is imported")
+        if numerics == "portable":
+            os.environ.update(PORTABLE_ENVIRONMENT)  # for the processes this one starts
+        return
     if numerics == "native":
         return
-    if "torch" in sys.modules:
-        raise NumericsError("mlpipe.numerics.pin() must run before torch is imported")
     for key, value in PORTABLE_ENVIRONMENT.items():
         if os.environ.get(key, value) != value:
             log.debug("overriding %s=%s with %s (train.numerics: portable)", key, os.environ[key], value)
         os.environ[key] = value
+    _pinned = numerics
 
 
 def configure_torch(numerics: Numerics) -> None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from mlpipe import paths
+from mlpipe import paths, prefork
 from mlpipe.errors import TuningError
 from mlpipe.params import parse_params
 from mlpipe.tuning import experiment
@@ -96,8 +96,10 @@ class Outcome:
 class Tuner:
     """Runs a study of ``space`` in the DVC project at ``root``."""
 
-    def __init__(self, space: SearchSpace, root: Path) -> None:
-        self.space, self.root = space, root.resolve()
+    def __init__(self, space: SearchSpace, root: Path, warm: bool = True) -> None:
+        """``warm``: run the trials' stages as children of one mlpipe.prefork server."""
+        self.space, self.root, self.warm = space, root.resolve(), warm
+        self._prefork: str | None = None
         self._running = _Running()
         self._ask_lock = threading.Lock()
 
@@ -216,7 +218,8 @@ class Tuner:
                 return ran
 
             interrupted = False
-            with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="trial") as pool:
+            server = self._stage_server()
+            with server, ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="trial") as pool:
                 futures = [pool.submit(worker) for _ in range(min(jobs, remaining))]
                 pending = set(futures)
                 try:
@@ -236,6 +239,20 @@ class Tuner:
             ran = sum(f.result() for f in futures if f.exception() is None)
             return Outcome(study, ran, interrupted)
 
+    @contextlib.contextmanager
+    def _stage_server(self) -> Iterator[None]:
+        """The warm server the trials' stage commands fork from, with the workspace's numerics."""
+        if not self.warm:
+            yield
+            return
+        raw = yaml.safe_load((self.root / paths.PARAMS_FILE).read_text(encoding="utf-8")) or {}
+        with prefork.warm_server(parse_params(raw, paths.PARAMS_FILE).train.numerics) as socket_path:
+            self._prefork = socket_path
+            try:
+                yield
+            finally:
+                self._prefork = None
+
     def run_trial(self, study: optuna.Study, trial: optuna.trial.Trial) -> None:
         """Run one trial as a DVC experiment and tell the study how it ended."""
         from optuna.trial import TrialState
@@ -245,9 +262,14 @@ class Tuner:
         self._check_params(chosen)
         self._remove_stale_experiment(name)
         command = [sys.executable, "-m", experiment.__name__, name, self.space.target_stage()]
+        if self._prefork:  # the experiment's DVC process is forked too, as its stages are
+            command[1:3] = ["-P", "-m", prefork.__name__, "run", experiment.__name__]
         command += [f"{key}={yaml_scalar(value)}" for key, value in chosen.items()]
         # the train stage reopens this very trial by its storage id to report to it
         env = {**os.environ, TRIAL_ENV: self._link(trial._trial_id, trial.number).model_dump_json()}
+        env.pop(prefork.ENV, None)
+        if self._prefork:
+            env[prefork.ENV] = self._prefork
         log.info("trial %d: %s", trial.number, " ".join(f"{k}={yaml_scalar(v)}" for k, v in chosen.items()))
         with self._running.lock:
             if self._running.stopping.is_set():
