@@ -33,8 +33,8 @@ verify: setup ## Rebuild every stage from scratch in a temporary copy; compare w
 test: setup ## Run every test, end-to-end ones included
 	pytest $(PYTEST_ARGS)
 
-test-fast: setup ## Run the fast tests only (no servers, no dvc runs)
-	pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: setup ## Run the fast tests only (no servers, no dvc runs), on two workers
+	pytest -m "not slow" -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 LINTED := src tests benchmarks
 
