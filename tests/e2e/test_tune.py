@@ -274,3 +274,14 @@ def test_a_trial_the_run_cache_could_restore_still_trains_and_is_tracked(project
     assert tracked.data.tags["mlpipe.tune.state"] == "complete"
     # the study saw the trial's own epochs, reported by its training
     assert len(trial.intermediate_values) == TINY_PARAMS["train"]["epochs"]
+
+
+def test_a_trial_whose_params_equal_the_workspace_still_trains_and_is_tracked(project: Path) -> None:
+    """Its stages are unchanged from the workspace's dvc.lock: DVC alone would skip them."""
+    write_lr_space(project, "unchanged")
+    tune(project, "--trials", "1", "--enqueue", f"train.lr={TINY_PARAMS['train']['lr']}")
+    (trial,) = trials_in(project, "unchanged", "COMPLETE")
+    assert trial.params["train.lr"] == TINY_PARAMS["train"]["lr"]
+    (tracked,) = trial_runs(project, "unchanged")
+    assert tracked.data.tags["mlpipe.tune.state"] == "complete"
+    assert len(trial.intermediate_values) == TINY_PARAMS["train"]["epochs"]

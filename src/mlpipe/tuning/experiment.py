@@ -5,7 +5,9 @@ earlier run, e.g. a trial cut short after training and queued again), the train 
 neither log an MLflow run for the trial nor report its epochs to the study. `dvc exp run` has no
 `--no-run-cache`, but DVC's API passes `run_cache` through to the stages, as `dvc repro` does.
 `mlpipe tune` runs this module, in a process group of its own, once per trial:
-``python -m mlpipe.tuning.experiment NAME TARGET [KEY=VALUE ...]``.
+``python -m mlpipe.tuning.experiment NAME TARGET [KEY=VALUE ...] [--force]``. A trial whose
+params equal the workspace's is run with ``--force``: its stages are unchanged from the
+workspace's dvc.lock, so DVC would skip them and the trial would train nothing.
 """
 
 from __future__ import annotations
@@ -16,14 +18,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def run_experiment(root: Path, name: str, target: str, assignments: Sequence[str]) -> None:
-    """Run the stages up to ``target`` with ``assignments`` as the experiment ``name``."""
+def run_experiment(
+    root: Path, name: str, target: str, assignments: Sequence[str], force: bool = False
+) -> None:
+    """Run the stages up to ``target`` with ``assignments`` as the experiment ``name``;
+    ``force``: even those whose deps did not change (params equal to the workspace's)."""
     from dvc.repo import Repo
 
     # _wait_for_lock: parallel trials take turns at the project's lock, as `dvc --wait-for-lock`
     with Repo(str(root), _wait_for_lock=True) as repo:
         repo.experiments.run(
-            targets=[target], params=list(assignments), name=name, tmp_dir=True, run_cache=False
+            targets=[target],
+            params=list(assignments),
+            name=name,
+            tmp_dir=True,
+            run_cache=False,
+            force=force,
         )
 
 
@@ -32,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("name", help="the experiment's name")
     parser.add_argument("target", help="the last stage to run")
     parser.add_argument("assignments", nargs="*", metavar="KEY=VALUE", help="params, as `-S` takes them")
+    parser.add_argument("--force", action="store_true", help="run every stage, changed or not")
     args = parser.parse_args(argv)
 
     from dvc.exceptions import DvcException
@@ -39,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ui.enable()  # DVC's messages to the console, as its CLI prints them (its logging is set up on import)
     try:
-        run_experiment(Path.cwd(), args.name, args.target, args.assignments)
+        run_experiment(Path.cwd(), args.name, args.target, args.assignments, args.force)
     except DvcException as e:
         causes = []
         error: BaseException | None = e

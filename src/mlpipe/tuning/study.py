@@ -265,6 +265,8 @@ class Tuner:
         if self._prefork:  # the experiment's DVC process is forked too, as its stages are
             command[1:3] = ["-P", "-m", prefork.__name__, "run", experiment.__name__]
         command += [f"{key}={yaml_scalar(value)}" for key, value in chosen.items()]
+        if chosen == self._workspace_values(chosen):
+            command.append("--force")  # DVC would find nothing changed and train nothing
         # the train stage reopens this very trial by its storage id to report to it
         env = {**os.environ, TRIAL_ENV: self._link(trial._trial_id, trial.number).model_dump_json()}
         env.pop(prefork.ENV, None)
@@ -348,6 +350,11 @@ class Tuner:
             section, _, param = key.partition(".")
             raw.setdefault(section, {})[param] = value
         parse_params(raw, paths.PARAMS_FILE)
+
+    def _workspace_values(self, chosen: dict[str, Choice]) -> dict[str, object]:
+        """The workspace's params.yaml values of the params in ``chosen``."""
+        raw = yaml.safe_load((self.root / paths.PARAMS_FILE).read_text(encoding="utf-8")) or {}
+        return {key: raw.get(key.partition(".")[0], {}).get(key.partition(".")[2]) for key in chosen}
 
     def _params_at(self, rev: str) -> dict:
         raw = yaml.safe_load(self._git("show", f"{rev}:{paths.PARAMS_FILE}"))
