@@ -43,6 +43,7 @@ from pathlib import Path
 ENV = "MLPIPE_PREFORK"
 STAGES = frozenset({"prepare", "train", "evaluate", "package"})
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+REQUEST_TIMEOUT = 10.0  # seconds a command has to send its request once it connected
 _LENGTH = struct.Struct("!I")
 _SIGNAL = struct.Struct("!i")
 
@@ -51,7 +52,8 @@ _SIGNAL = struct.Struct("!i")
 def delegate(argv: Sequence[str]) -> int | None:
     """Run ``mlpipe ARGV`` in a child of the server ``$MLPIPE_PREFORK`` names and return its exit
     status; ``None`` when there is no server, the command is not a stage, or the child declined."""
-    if [a for a in argv if a not in ("-v", "--verbose")] not in ([s] for s in STAGES):
+    command = [arg for arg in argv if arg not in ("-v", "--verbose")]
+    if len(command) != 1 or command[0] not in STAGES:
         return None
     return _request({"argv": list(argv)})
 
@@ -213,6 +215,8 @@ def serve(path: Path, numerics: str, verbose: bool = False) -> None:
 
 def _fork(connection: socket.socket, verbose: bool) -> int | None:
     """Fork a child for the request on ``connection``; its pid, or None for a malformed request."""
+    connection.settimeout(REQUEST_TIMEOUT)  # a command that connects and stalls cannot block us
+    fds: list[int] = []
     try:
         header, fds, _, _ = socket.recv_fds(connection, _LENGTH.size, 3)
         (length,) = _LENGTH.unpack(header)
@@ -223,12 +227,13 @@ def _fork(connection: socket.socket, verbose: bool) -> int | None:
                 raise ValueError("request cut short")
             body += chunk
         request = json.loads(body)
-    except (OSError, ValueError, struct.error):
-        return None
-    if len(fds) != 3:
+        if len(fds) != 3:
+            raise ValueError("a request carries the command's stdin, stdout and stderr")
+    except (OSError, ValueError, struct.error):  # socket.timeout is an OSError
         for fd in fds:
             os.close(fd)
         return None
+    connection.settimeout(None)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()

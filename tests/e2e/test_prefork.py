@@ -201,3 +201,23 @@ def test_a_killed_command_takes_its_forked_stage_with_it(long_project: Path, ser
     process.wait(timeout=30)
     assert gone(child)
     assert server.exits([child]) == [128 + signal.SIGTERM]
+
+
+def test_a_malformed_or_stalled_request_is_dropped_and_the_server_goes_on(
+    project: Path, server: Server
+) -> None:
+    import socket
+
+    before = server.forked("prepare", project)
+    garbage = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    garbage.connect(server.socket)
+    garbage.sendall(b"\x00\x00\x00\x05no fds")  # a length, then a body, but no standard streams
+    garbage.close()
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stalled.connect(server.socket)  # and never sends anything
+    try:
+        run("mlpipe", "prepare", cwd=project, env=server.env())
+    finally:
+        stalled.close()
+    (child,) = [pid for pid in server.forked("prepare", project) if pid not in before]
+    assert server.exits([child]) == [0]

@@ -32,7 +32,7 @@ import yaml
 
 from mlpipe import paths, prefork
 from mlpipe.errors import TuningError
-from mlpipe.params import parse_params
+from mlpipe.params import load_params, parse_params
 from mlpipe.tuning import experiment
 from mlpipe.tuning.reporter import PRUNED_ATTR, STATE_TAG, STUDY_TAG, TRIAL_ENV, TRIAL_TAG, TrialLink
 from mlpipe.tuning.space import Choice, SearchSpace
@@ -245,8 +245,8 @@ class Tuner:
         if not self.warm:
             yield
             return
-        raw = yaml.safe_load((self.root / paths.PARAMS_FILE).read_text(encoding="utf-8")) or {}
-        with prefork.warm_server(parse_params(raw, paths.PARAMS_FILE).train.numerics) as socket_path:
+        numerics = load_params(self.root / paths.PARAMS_FILE).train.numerics
+        with prefork.warm_server(numerics) as socket_path:
             self._prefork = socket_path
             try:
                 yield
@@ -259,13 +259,13 @@ class Tuner:
 
         chosen = self.space.suggest(trial)
         name = experiment_name(self.space.study, trial.number)
-        self._check_params(chosen)
+        workspace = self._check_params(chosen)
         self._remove_stale_experiment(name)
-        command = [sys.executable, "-m", experiment.__name__, name, self.space.target_stage()]
-        if self._prefork:  # the experiment's DVC process is forked too, as its stages are
-            command[1:3] = ["-P", "-m", prefork.__name__, "run", experiment.__name__]
+        # with the server, the experiment's DVC process is forked too, as its stages are
+        runner = ["-P", "-m", prefork.__name__, "run"] if self._prefork else ["-m"]
+        command = [sys.executable, *runner, experiment.__name__, name, self.space.target_stage()]
         command += [f"{key}={yaml_scalar(value)}" for key, value in chosen.items()]
-        if chosen == self._workspace_values(chosen):
+        if all(workspace.get(key) == value for key, value in chosen.items()):
             command.append("--force")  # DVC would find nothing changed and train nothing
         # the train stage reopens this very trial by its storage id to report to it
         env = {**os.environ, TRIAL_ENV: self._link(trial._trial_id, trial.number).model_dump_json()}
@@ -343,18 +343,17 @@ class Tuner:
         study.tell(trial, value)
         log.info("trial %d: %s %.4f (%s)", trial.number, self.space.objective.metric, value, name)
 
-    def _check_params(self, chosen: dict[str, Choice]) -> None:
-        """The workspace's params.yaml with the trial's values must validate before we spend time."""
+    def _check_params(self, chosen: dict[str, Choice]) -> dict[str, object]:
+        """The workspace's params.yaml with the trial's values must validate before we spend time;
+        returns the workspace's own values of the params in ``chosen``."""
         raw = yaml.safe_load((self.root / paths.PARAMS_FILE).read_text(encoding="utf-8")) or {}
+        workspace = {}
         for key, value in chosen.items():
             section, _, param = key.partition(".")
+            workspace[key] = raw.get(section, {}).get(param)
             raw.setdefault(section, {})[param] = value
         parse_params(raw, paths.PARAMS_FILE)
-
-    def _workspace_values(self, chosen: dict[str, Choice]) -> dict[str, object]:
-        """The workspace's params.yaml values of the params in ``chosen``."""
-        raw = yaml.safe_load((self.root / paths.PARAMS_FILE).read_text(encoding="utf-8")) or {}
-        return {key: raw.get(key.partition(".")[0], {}).get(key.partition(".")[2]) for key in chosen}
+        return workspace
 
     def _params_at(self, rev: str) -> dict:
         raw = yaml.safe_load(self._git("show", f"{rev}:{paths.PARAMS_FILE}"))
