@@ -17,7 +17,6 @@ from mlpipe.verify import checkout_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
-MODEL_TESTS = "tests/model/"  # node-id prefix of the tests sharing tests/model's built_project
 
 # Small enough that the whole pipeline runs in seconds, large enough to learn something.
 TINY_PARAMS: dict[str, dict[str, Any]] = {
@@ -81,23 +80,6 @@ def make_project(dest: Path, overrides: Mapping[str, Mapping[str, Any]] = TINY_P
     run("git", "add", "-A", cwd=dest)
     run("git", "commit", "-q", "-m", "project under test", cwd=dest)
     return dest
-
-
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Under `make test-fast` (`-n 2 --dist loadgroup`) the tests in tests/model go to one
-    worker as one unit: they share one package built in-process, which that worker builds once
-    while the other runs the unit tests. The group is chosen here, by path, because the scheduler
-    sees only node ids, and pytest-xdist's own `xdist_group` marks no longer reach it from pytest
-    9.2 on (pytest-dev/pytest-xdist#1386)."""
-    if config.getoption("dist") != "loadgroup":
-        return None
-    from xdist.scheduler import LoadGroupScheduling
-
-    class BuiltProjectGroup(LoadGroupScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return MODEL_TESTS if nodeid.startswith(MODEL_TESTS) else super()._split_scope(nodeid)
-
-    return BuiltProjectGroup(config, log)
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,16 @@ from mlpipe.params import parse_params
 from tests.conftest import TINY_PARAMS
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test-fast`), one worker runs every test here: it builds the
+    package once while the other worker runs the unit tests."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.xdist_group("built_project"))
+
+
 @pytest.fixture(scope="session")
 def built_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory after prepare → train → evaluate → package on tiny params, with the model
