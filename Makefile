@@ -38,9 +38,10 @@ test-fast: setup ## Run the fast tests only (no servers, no dvc runs), on two wo
 
 LINTED := src tests benchmarks
 
-lint: setup ## Check style and formatting
+lint: setup ## Check style, formatting and types
 	ruff check $(LINTED)
 	ruff format --check $(LINTED)
+	mypy
 
 format: setup ## Fix formatting and the auto-fixable lint findings
 	ruff format $(LINTED)
@@ -69,5 +70,5 @@ lock: setup ## Re-pin requirements.lock from the current environment
 include $(sort $(wildcard mk/*.mk))
 
 clean: ## Remove caches (not the environment, data or models)
-	rm -rf .pytest_cache .ruff_cache
+	rm -rf .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -214,7 +214,7 @@ def render_secret(
 ) -> Manifest:
     """The S3 credentials Secret for ``env``'s namespace, its values from environment variables."""
     overlay = _overlay(env, deploy_dir)
-    values = {name: environ.get(name) or default for name, default in SECRET_VARIABLES.items()}
+    values = {name: environ.get(name) or default or "" for name, default in SECRET_VARIABLES.items()}
     missing = [name for name, value in values.items() if not value]
     if missing:
         raise DeployError(f"set the environment variables {', '.join(missing)} to render the S3 Secret")

@@ -57,6 +57,7 @@ def export_onnx(checkpoint: Checkpoint, opset: int) -> bytes:
             dynamic_shapes=({0: batch},),
             verbose=False,
         )
+    assert program is not None  # the dynamo exporter always returns one
     model = program.model_proto
     # Per-node provenance (source stack traces with absolute paths, FX node names) would make
     # the bytes depend on where the repository is checked out; the graph does not need it.

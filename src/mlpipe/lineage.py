@@ -57,7 +57,8 @@ def pipeline_inputs(pipeline: Path = paths.DVC_YAML) -> list[str]:
         stages = (yaml.safe_load(pipeline.read_text(encoding="utf-8")) or {}).get("stages") or {}
     except (FileNotFoundError, yaml.YAMLError):
         stages = {}
-    produced, deps = set(), set()
+    produced: set[str] = set()
+    deps: set[str] = set()
     for stage in stages.values():
         for kind in ("outs", "metrics", "plots"):
             produced.update(_entry_path(entry) for entry in stage.get(kind) or [])

@@ -7,11 +7,14 @@ stage builds it into the served graph from the same code and constants.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-ArrayT = TypeVar("ArrayT")
+if TYPE_CHECKING:
+    import torch
+
+ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,7 @@ class Preprocessing:
 
     def normalise(self, pixels: ArrayT) -> ArrayT:
         """Float32 raw pixels (NumPy array or torch tensor) -> normalised values, same shape."""
-        return (pixels / self.pixel_max - self.mean) / self.std  # type: ignore[operator]
+        return (pixels / self.pixel_max - self.mean) / self.std
 
     def apply(self, pixels: np.ndarray) -> np.ndarray:
         """Raw pixels [N, H, W] of any real dtype -> float32 network input [N, 1, H, W]."""

@@ -172,7 +172,7 @@ def find_champion(client: MlflowClient, name: str, with_predictions: bool = Fals
         return None
     with tracking.reported(f"reading {name} v{version} (@{CHAMPION})"):
         model_version = client.get_model_version(name, version)
-        value = model_version.tags.get(ACCURACY_TAG)
+        value: str | float | None = model_version.tags.get(ACCURACY_TAG)
         if value is None and model_version.run_id:
             value = client.get_run(model_version.run_id).data.metrics.get(ACCURACY_METRIC)
         predictions = None

@@ -33,6 +33,7 @@ from mlpipe.lineage import Lineage
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
     from mlflow.entities import Metric
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ def close_abandoned_runs(mlflow_client: MlflowClient) -> list[str]:
     return closed
 
 
-def _dvc_source() -> object:
+def _dvc_source() -> HTTPDatasetSource:
     from mlflow.data.http_dataset_source import HTTPDatasetSource
 
     # Where the data lives is DVC's business (the key in its cache and remotes is the digest);
@@ -271,7 +272,8 @@ class Run:
         from mlflow.entities import DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-        dataset = MetaDataset(
+        # MLflow's Dataset is not an ABC: MetaDataset need not define the optional `profile`
+        dataset = MetaDataset(  # type: ignore[abstract]
             source=_dvc_source(), name=paths.PREPARED_DIR.as_posix(), digest=data_hash.split(":")[-1][:36]
         )
         inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])]
@@ -312,7 +314,8 @@ class Run:
             with mlflow.start_run(run_id=self.run_id):
                 yield
         finally:
-            mlflow.set_tracking_uri(previous)
+            # None unsets it again: MLflow handles it, though its annotation leaves it out
+            mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import numpy as np
 from mlpipe.errors import DataError
 
 # The third header byte; multi-byte types are stored big-endian.
-_DTYPES = {
+_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype("u1"),
     0x09: np.dtype("i1"),
     0x0B: np.dtype(">i2"),

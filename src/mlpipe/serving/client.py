@@ -6,6 +6,7 @@ CI's smoke test runs it against the deployed InferenceService; it fails on any e
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -145,7 +146,7 @@ def predict_samples(
     test: LabeledImages = read_split("test", data_dir)
     if not 1 <= n <= len(test):
         raise PredictionError(f"--n must be between 1 and the {len(test)} test images; got {n}")
-    seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
+    seed = secrets.randbits(32) if seed is None else seed
     indices = np.random.default_rng(seed).choice(len(test), size=n, replace=False)
     predictions = []
     with InferenceClient(url, timeout) as client:

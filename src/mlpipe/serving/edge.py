@@ -95,7 +95,8 @@ class AccessLog:
 
 async def read_body(receive: Receive, limit: int) -> bytes:
     """The whole request body, or BodyTooLargeError as soon as more than ``limit`` bytes arrived."""
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":  # the client went away
@@ -297,15 +298,19 @@ def install(
     """The edge in front of KServe's ``app``, whose refusals become the protocol's error body too
     (and are counted in ``monitor``, when there is one)."""
 
+    @app.exception_handler(InvalidInput)
     async def invalid_input(request: Request, exc: Exception) -> Response:
         return reject(request.scope, 400, str(exc), exc)
 
+    @app.exception_handler(ModelNotFound)
     async def not_found(request: Request, exc: Exception) -> Response:
         return reject(request.scope, 404, str(exc), exc)
 
+    @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         return reject(request.scope, 400, _validation_message(exc), exc)
 
+    @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         phrase = HTTPStatus(exc.status_code).phrase
         message = f"{exc.detail}: {request.method} {request.url.path}" if exc.detail else phrase
@@ -313,8 +318,4 @@ def install(
         response.headers.update(exc.headers or {})
         return response
 
-    app.add_exception_handler(InvalidInput, invalid_input)
-    app.add_exception_handler(ModelNotFound, not_found)
-    app.add_exception_handler(RequestValidationError, invalid_request)
-    app.add_exception_handler(HTTPException, http_error)
     return Edge(app, dataplane, max_body_bytes, access, monitor)

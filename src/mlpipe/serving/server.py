@@ -64,6 +64,8 @@ def default_max_body_bytes(spec: InputSpec) -> int:
 class ImageClassifier(Model):
     """Classifies grayscale images given as raw pixels; returns class index, label, probabilities."""
 
+    name: str  # kserve's Model sets it
+
     def __init__(
         self,
         name: str | None,

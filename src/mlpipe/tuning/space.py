@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -222,7 +222,8 @@ class SearchSpace(_Strict):
             elif isinstance(space, IntParam):
                 chosen[key] = trial.suggest_int(key, space.low, space.high, step=space.step)
             else:
-                chosen[key] = trial.suggest_categorical(key, space.choices)
+                # one of space.choices, none of which is None
+                chosen[key] = cast(Choice, trial.suggest_categorical(key, space.choices))
         return chosen
 
 
