@@ -5,18 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Collection
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mlpipe.errors import ParamsError
+from mlpipe.errors import MlpipeError, ParamsError
 from mlpipe.paths import PARAMS_FILE
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 Score = Annotated[float, Field(ge=0.0, le=1.0)]
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -141,10 +143,11 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _describe(error: ValidationError, path: Path) -> str:
+def _describe(error: ValidationError, path: Path, union_tags: Collection[str]) -> str:
     problems = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        # a discriminated union adds the chosen tag to the location: params.train.lr.float.low
+        key = ".".join(str(part) for part in item["loc"] if part not in union_tags) or "(top level)"
         if item["type"] == "extra_forbidden":
             problems.append(f"{key}: unknown key")
         elif item["type"] == "missing":
@@ -156,26 +159,43 @@ def _describe(error: ValidationError, path: Path) -> str:
     return f"{path}: " + "; ".join(problems)
 
 
+def read_yaml(path: Path, error: type[MlpipeError]) -> object:
+    """The YAML document in a config file (YAML 1.2's floats too); ``error`` if it is missing or
+    not YAML."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise error(f"{path}: not found; run from the project root (where dvc.yaml is)") from e
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML: {e}") from e
+
+
+def validate_config(
+    model: type[ModelT],
+    raw: object,
+    source: Path,
+    error: type[MlpipeError],
+    expected: str = "a mapping",
+    union_tags: Collection[str] = (),
+) -> ModelT:
+    """A loaded config file validated into ``model``; else ``error`` naming each bad key (the
+    tags of ``model``'s discriminated unions left out of the key)."""
+    if not isinstance(raw, dict):
+        raise error(f"{source}: expected {expected}, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise error(_describe(e, source, union_tags)) from e
+
+
 def parse_params(raw: object, source: Path = PARAMS_FILE) -> Params:
     """Validate an already-loaded params mapping; raise ParamsError naming each bad key."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as e:
-        raise ParamsError(_describe(e, source)) from e
+    raw = {} if raw is None else raw
+    return validate_config(Params, raw, source, ParamsError, expected="a mapping of sections")
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """Read and validate params.yaml."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise ParamsError(f"{path}: not found; run from the project root (where dvc.yaml is)") from e
-    try:
-        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from e
-    return parse_params(raw, path)
+    return parse_params(read_yaml(path, ParamsError), path)

@@ -129,6 +129,11 @@ def test_params_yaml_reads_the_floats_dvc_writes_for_small_values(tmp_path: Path
     assert (loaded.train.lr, loaded.train.weight_decay) == (1e-07, 2e-06)
 
 
+def test_tune_yaml_reads_floats_written_without_a_dot(tmp_path: Path) -> None:
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(space()).replace("0.0001", "1e-4"))
+    assert parse_space(space()) == load_space(tmp_path / "tune.yaml")
+
+
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_a_resumed_study_proposes_new_params(tmp_path: Path, sampler: str) -> None:
     searched = parse_space(space(sampler={"name": sampler, "seed": 0}))

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from mlpipe.serving.metrics import ModelMonitor, rejection_reason
-from mlpipe.serving.wire import decode_request, encode_response
+from mlpipe.serving.wire import decode_request, encode_response, validation_problems
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -42,7 +42,6 @@ access_log = logging.getLogger("mlpipe.serving.access")
 ERROR_KEY = "mlpipe.error"  # where `reject` notes the refusal for the access line
 MONITOR_KEY = "mlpipe.monitor"  # the ModelMonitor `reject` counts refusals in (absent: not counted)
 BODY_METHODS = ("POST", "PUT", "PATCH")
-MAX_VALIDATION_ERRORS = 3
 
 
 def reject(scope: Scope, status: int, message: str, error: BaseException | None = None) -> Response:
@@ -280,14 +279,6 @@ class _UnknownVersion(ModelNotFound):
         return self.reason
 
 
-def _validation_message(error: RequestValidationError) -> str:
-    problems = [
-        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'request'}: {e.get('msg', 'invalid')}"
-        for e in error.errors()
-    ]
-    return "invalid request: " + "; ".join(problems[:MAX_VALIDATION_ERRORS])
-
-
 def install(
     app: FastAPI,
     dataplane: DataPlane,
@@ -308,7 +299,8 @@ def install(
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
-        return reject(request.scope, 400, _validation_message(exc), exc)
+        message = "invalid request: " + validation_problems(exc.errors(), "request")
+        return reject(request.scope, 400, message, exc)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:

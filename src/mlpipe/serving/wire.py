@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -65,14 +65,12 @@ def _json(data: bytes, what: str) -> Any:
         raise BadInput("body", f"{what} is not valid JSON ({error}); send {REQUEST_FORMAT}") from error
 
 
-def _validation_message(error: ValidationError, what: str) -> str:
-    problems = [
-        f"{'.'.join(str(part) for part in e['loc']) or 'body'}: {e['msg']}"
-        for e in error.errors(include_url=False)
-    ]
+def validation_problems(errors: Sequence[Mapping[str, Any]], root: str) -> str:
+    """Pydantic's errors as `key: message` (``root`` for the whole input), the first
+    MAX_ERRORS_SHOWN of them and how many more there are."""
+    problems = [f"{'.'.join(str(part) for part in e['loc']) or root}: {e['msg']}" for e in errors]
     more = len(problems) - MAX_ERRORS_SHOWN
-    shown = "; ".join(problems[:MAX_ERRORS_SHOWN]) + (f"; and {more} more" if more > 0 else "")
-    return f"{what} is not a V2 inference request ({shown}); send {REQUEST_FORMAT}"
+    return "; ".join(problems[:MAX_ERRORS_SHOWN]) + (f"; and {more} more" if more > 0 else "")
 
 
 def _inference_request(body: Any, what: str) -> InferenceRequest:
@@ -81,7 +79,10 @@ def _inference_request(body: Any, what: str) -> InferenceRequest:
     try:
         return InferenceRequest.model_validate(body)
     except ValidationError as e:
-        raise BadInput("body", _validation_message(e, what)) from e
+        shown = validation_problems(e.errors(include_url=False), "body")
+        raise BadInput(
+            "body", f"{what} is not a V2 inference request ({shown}); send {REQUEST_FORMAT}"
+        ) from e
 
 
 def _plain_request(body: Any, model_name: str) -> InferRequest | None:

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlpipe.errors import TuningError
-from mlpipe.params import Params, Seed
+from mlpipe.params import Params, Seed, read_yaml, validate_config
 from mlpipe.paths import TUNE_FILE
 
 if TYPE_CHECKING:
@@ -103,6 +103,7 @@ class CategoricalParam(_Strict):
 
 
 ParamSpace = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+PARAM_TYPES = ("float", "int", "categorical")
 
 
 class Objective(_Strict):
@@ -238,41 +239,11 @@ def parse_scalar(text: str) -> Choice:
     return yaml.safe_load(text)
 
 
-def _describe(error: ValidationError, path: Path) -> str:
-    problems = []
-    for item in error.errors():
-        # a discriminated union adds the chosen type to the location: params.train.lr.float.low
-        loc = [str(part) for part in item["loc"] if part not in ("float", "int", "categorical")]
-        key = ".".join(loc) or "(top level)"
-        if item["type"] == "extra_forbidden":
-            problems.append(f"{key}: unknown key")
-        elif item["type"] == "missing":
-            problems.append(f"{key}: required key is missing")
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            got = "" if isinstance(item["input"], dict) else f" (got {item['input']!r})"
-            problems.append(f"{key}: {message}{got}")
-    return f"{path}: " + "; ".join(problems)
-
-
 def parse_space(raw: object, source: Path = TUNE_FILE) -> SearchSpace:
     """Validate an already-loaded tune.yaml mapping; raise TuningError naming each bad key."""
-    if not isinstance(raw, dict):
-        raise TuningError(f"{source}: expected a mapping, got {type(raw).__name__}")
-    try:
-        return SearchSpace.model_validate(raw)
-    except ValidationError as e:
-        raise TuningError(_describe(e, source)) from e
+    return validate_config(SearchSpace, raw, source, TuningError, union_tags=PARAM_TYPES)
 
 
 def load_space(path: Path = TUNE_FILE) -> SearchSpace:
     """Read and validate tune.yaml."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise TuningError(f"{path}: not found; run from the project root (where dvc.yaml is)") from e
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise TuningError(f"{path}: not valid YAML: {e}") from e
-    return parse_space(raw, path)
+    return parse_space(read_yaml(path, TuningError), path)
