@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
+from kserve.utils.numpy_codec import to_np_dtype
 from pydantic import ValidationError
 
 from mlpipe.serving.validation import BadInput
@@ -24,21 +25,6 @@ from mlpipe.serving.validation import BadInput
 HEADER_LENGTH = "inference-header-content-length"
 JSON_TYPES = ("", "application/json")  # no Content-Type is JSON too: tritonclient sends none
 BINARY_TYPES = ("", "application/octet-stream", "application/json")
-# Bytes per element of the fixed-size V2 datatypes (BYTES is length-prefixed, so variable).
-DATATYPE_SIZES = {
-    "BOOL": 1,
-    "UINT8": 1,
-    "UINT16": 2,
-    "UINT32": 4,
-    "UINT64": 8,
-    "INT8": 1,
-    "INT16": 2,
-    "INT32": 4,
-    "INT64": 8,
-    "FP16": 2,
-    "FP32": 4,
-    "FP64": 8,
-}
 REQUEST_FORMAT = 'a JSON object {"inputs": [{"name", "shape", "datatype", "data"}]}'
 MAX_ERRORS_SHOWN = 3
 JSON_HEADERS = {"content-type": "application/json"}
@@ -121,8 +107,9 @@ def _header_length(value: str, body_size: int) -> int:
     return int(value)
 
 
-def _binary_size(tensor: Mapping[str, Any]) -> int:
-    name = tensor.get("name")
+def _binary_layout(tensor: Mapping[str, Any]) -> tuple[np.dtype, int]:
+    """The element type and byte count of a binary tensor, checked against its shape."""
+    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if type(size) is not int or size < 0:
         raise BadInput(
@@ -130,16 +117,22 @@ def _binary_size(tensor: Mapping[str, Any]) -> int:
             f"input {name!r}: parameters.binary_data_size must be the byte count of its data after "
             f"the JSON header, a whole number >= 0; got {size!r}",
         )
-    datatype, shape = tensor.get("datatype"), tensor.get("shape")
-    if datatype in DATATYPE_SIZES and isinstance(shape, list):
-        needed = math.prod(shape) * DATATYPE_SIZES[datatype]
-        if size != needed:
-            raise BadInput(
-                "body",
-                f"input {name!r}: shape {shape} of {datatype} needs {needed} bytes; "
-                f"binary_data_size says {size}",
-            )
-    return size
+    # BYTES elements carry their own length: binary tensors here have a fixed-size datatype.
+    dtype = to_np_dtype(datatype) if isinstance(datatype, str) else None
+    if dtype is None or dtype is np.object_:
+        raise BadInput(
+            "datatype",
+            f"input {name!r}: binary data needs a fixed-size datatype (BOOL, INTn, UINTn or FPn); "
+            f"got {datatype!r}",
+        )
+    dtype = np.dtype(dtype)
+    if isinstance(shape, list) and size != math.prod(shape) * dtype.itemsize:
+        raise BadInput(
+            "body",
+            f"input {name!r}: shape {shape} of {datatype} needs {math.prod(shape) * dtype.itemsize} "
+            f"bytes; binary_data_size says {size}",
+        )
+    return dtype, size
 
 
 def _binary_request(body: bytes, header_length: int, model_name: str) -> InferRequest:
@@ -148,12 +141,13 @@ def _binary_request(body: bytes, header_length: int, model_name: str) -> InferRe
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise BadInput("body", f"the JSON header of the binary request must be {REQUEST_FORMAT}")
     binary = [t for t in header["inputs"] if isinstance(t, dict) and "data" not in t]
-    sizes = [_binary_size(t) for t in binary]
+    layouts = {id(t): _binary_layout(t) for t in binary}
+    announced = sum(size for _, size in layouts.values())
     available = len(body) - header_length
-    if sum(sizes) != available:
+    if announced != available:
         raise BadInput(
             "body",
-            f"the binary inputs' binary_data_size add up to {sum(sizes)} bytes, but {available} "
+            f"the binary inputs' binary_data_size add up to {announced} bytes, but {available} "
             "bytes follow the JSON header; send exactly the bytes the header announces",
         )
     # Validate the header as a JSON request whose binary tensors are empty, then attach the bytes.
@@ -163,12 +157,11 @@ def _binary_request(body: bytes, header_length: int, model_name: str) -> InferRe
         _inference_request(header, "the JSON header of the binary request"), model_name
     )
     offset = header_length
-    binary_ids = {id(t) for t in binary}
     for tensor, infer_input in zip(header["inputs"], request.inputs, strict=True):
-        if id(tensor) in binary_ids:
-            size = tensor["parameters"]["binary_data_size"]
-            infer_input._data = None
-            infer_input._raw_data = body[offset : offset + size]
+        if id(tensor) in layouts:
+            dtype, size = layouts[id(tensor)]
+            # A flat view of the tensor's bytes: the model checks them against the shape.
+            infer_input.data = np.frombuffer(body, dtype, size // dtype.itemsize, offset)
             offset += size
     return request
 
