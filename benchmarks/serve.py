@@ -37,7 +37,7 @@ from benchmarks.machine import describe
 from tests.servers import LOOPBACK, Child, ServerError, child_process, free_port, http_ok
 
 from mlpipe.data import read_split
-from mlpipe.serving.server import ImageClassifier
+from mlpipe.serving.model import ImageClassifier
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 BIN_DIR = Path(sys.executable).parent

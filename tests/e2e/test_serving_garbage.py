@@ -10,6 +10,8 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +34,9 @@ MALFORMED_EVERY = 5  # one request in five is malformed
 MAX_RSS_BYTES = 450 * 2**20
 MAX_BODY_BYTES = 200_000
 CHUNK_BYTES = 64 * 1024
+# A body far larger than the socket buffers: a server that answers and closes without reading it
+# resets the connection of a client still sending it.
+UNREAD_BODY_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -227,3 +232,22 @@ def test_refusals_leave_one_log_line_each_and_no_traceback(server: ModelServer) 
     request_lines = [line for line in log.splitlines() if '"POST /v' in line]
     assert len(request_lines) >= REQUESTS  # one access line per request (and not three)
     assert len(request_lines) < REQUESTS + 50
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_client_that_sends_its_whole_body_before_reading_gets_the_413(
+    server: ModelServer, built_project: Path, chunked: bool
+) -> None:
+    """urllib writes the whole body before it reads the answer, and asks the server to close."""
+    body = b"[" * UNREAD_BODY_BYTES
+    data = (body[i : i + CHUNK_BYTES] for i in range(0, len(body), CHUNK_BYTES)) if chunked else body
+    request = urllib.request.Request(  # noqa: S310 (loopback http only)
+        f"{server.url}/v2/models/{Spec.of(built_project).model_name}/infer",
+        data=data,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)  # noqa: S310 (loopback http only)
+    assert refused.value.code == 413
+    assert "larger than this server accepts" in json.loads(refused.value.read())["error"]

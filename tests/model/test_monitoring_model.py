@@ -14,7 +14,7 @@ from mlpipe import drift
 from mlpipe.errors import ArtifactError
 from mlpipe.manifest import PROFILE_FILE
 from mlpipe.serving.edge import MONITOR_KEY, reject
-from mlpipe.serving.server import ImageClassifier
+from mlpipe.serving.model import ImageClassifier
 from tests.model.serving_cases import PACKAGE, infer_request, prepared_test_images, v2_body
 
 

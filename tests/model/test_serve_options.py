@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from mlpipe.errors import MlpipeError
 from mlpipe.serving.model_package import InputSpec
-from mlpipe.serving.server import build_parser, default_max_body_bytes
+from mlpipe.serving.server import build_parser, default_max_body_bytes, main
 
 
 def test_defaults_suit_a_kserve_pod() -> None:
@@ -32,8 +33,8 @@ def test_model_name_takes_both_spellings(flag: str) -> None:
 
 
 def test_kserve_options_pass_through() -> None:
-    args = build_parser().parse_args(["--workers", "2", "--enable_latency_logging", "false"])
-    assert (args.workers, args.enable_latency_logging) == (2, False)
+    args = build_parser().parse_args(["--timeout-keep-alive", "5", "--enable_latency_logging", "true"])
+    assert (args.timeout_keep_alive, args.enable_latency_logging) == (5, True)
 
 
 def test_one_access_line_and_no_latency_line_by_default() -> None:
@@ -48,3 +49,8 @@ def test_default_body_limit_fits_a_full_batch_as_json() -> None:
                                     "data": [16.000000000000004] * (256 * 64)}]})  # fmt: skip
     assert len(batch) < default_max_body_bytes(spec) < 2 * len(batch)
     assert build_parser().parse_args([]).max_body_bytes is None  # derived from the package
+
+
+def test_grpc_is_refused_with_one_line(tmp_path: Path) -> None:
+    with pytest.raises(MlpipeError, match=r"--enable_grpc: .* REST only"):
+        main(["--model-dir", str(tmp_path), "--enable_grpc", "true"])

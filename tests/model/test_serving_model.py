@@ -13,7 +13,7 @@ import pytest
 from kserve.errors import InvalidInput
 
 from mlpipe.errors import ArtifactError
-from mlpipe.serving.server import ImageClassifier
+from mlpipe.serving.model import ImageClassifier
 from tests.model.serving_cases import (
     BAD_REQUEST_IDS,
     PACKAGE,

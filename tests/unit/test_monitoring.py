@@ -271,6 +271,7 @@ def test_monitoring_is_on_by_default_with_the_default_window() -> None:
     assert (args.monitoring, args.drift_window) == (False, 50)
 
 
-def test_server_refuses_several_workers_while_monitoring(tmp_path: Path) -> None:
-    with pytest.raises(MlpipeError, match=r"--workers 2: .* need one worker .* --no-monitoring"):
-        server.main(["--model-dir", str(tmp_path), "--workers", "2"])
+@pytest.mark.parametrize("monitoring", ["--monitoring", "--no-monitoring"])
+def test_server_refuses_several_workers(tmp_path: Path, monitoring: str) -> None:
+    with pytest.raises(MlpipeError, match=r"--workers 2: .* one process .* scale out with replicas"):
+        server.main(["--model-dir", str(tmp_path), "--workers", "2", monitoring])

@@ -1,12 +1,14 @@
-"""The HTTP edge of `mlpipe serve`: the ASGI app in front of KServe's FastAPI app.
+"""The HTTP edge of `mlpipe serve`: an ASGI middleware and error handlers on KServe's FastAPI app.
 
-It bounds request bodies (413 before a body larger than the limit is read), answers V2
-inference itself (decoding with `wire`, then KServe's dataplane and the model, so KServe's
-protocol types and Prometheus metrics stay in the path while FastAPI's middleware, routing and
-request model do not), gives model metadata the model's real version, and turns every refusal
-into the protocol's ``{"error": "..."}`` body through `reject`, the one place a request is
-refused and so the one place refusals are counted (by a bounded reason) for monitoring. Every
-other route (health, V1, metrics, repository) is KServe's own.
+`install` adds them through the app's public API. The middleware, `Edge`, sees every request
+before KServe's middleware and routes: it bounds request bodies (413 before a body larger than
+the limit is read), answers V2 inference itself (decoding with `wire`, then KServe's dataplane
+and the model, so KServe's protocol types and Prometheus metrics stay in the path while
+FastAPI's routing and request model, most of a small request's cost, do not), serves the
+package's version on versioned paths and in model metadata, and writes one access line per
+request. Every other route (health, V1, metrics, repository) is KServe's own. Every refusal, the
+edge's or the app's, is the protocol's ``{"error": "..."}`` body made by `reject`, the one place
+a request is refused and so the one place refusals are counted (by a bounded reason).
 """
 
 from __future__ import annotations
@@ -14,10 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -27,21 +27,18 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlpipe.serving.metrics import ModelMonitor, rejection_reason
 from mlpipe.serving.wire import decode_request, encode_response, validation_problems
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("mlpipe.serving.access")
 ERROR_KEY = "mlpipe.error"  # where `reject` notes the refusal for the access line
 MONITOR_KEY = "mlpipe.monitor"  # the ModelMonitor `reject` counts refusals in (absent: not counted)
 BODY_METHODS = ("POST", "PUT", "PATCH")
+# How much of a refused body the server reads and discards before it answers 413 (see `Edge`).
+DRAIN_BYTES = 64 * 2**20
 
 
 def reject(scope: Scope, status: int, message: str, error: BaseException | None = None) -> Response:
@@ -52,6 +49,17 @@ def reject(scope: Scope, status: int, message: str, error: BaseException | None 
     if monitor is not None:
         monitor.reject(rejection_reason(error, status))
     return Response(orjson.dumps({"error": message}), status, media_type="application/json")
+
+
+# KServe's errors that refuse a request, by their HTTP status.
+KSERVE_STATUS = {InvalidInput: 400, ModelNotFound: 404, ModelNotReady: 503}
+KSERVE_REFUSALS = tuple(KSERVE_STATUS)
+
+
+def reject_error(scope: Scope, error: Exception) -> Response:
+    """`reject` for one of KServe's KSERVE_REFUSALS, with its status."""
+    status = next(code for kind, code in KSERVE_STATUS.items() if isinstance(error, kind))
+    return reject(scope, status, str(error), error)
 
 
 class BodyTooLargeError(Exception):
@@ -109,9 +117,19 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
+async def drain(receive: Receive, limit: int) -> None:
+    """Read and discard what is left of the request body, at most about ``limit`` bytes of it."""
+    size = 0
+    while size <= limit:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+        size += len(message.get("body", b""))
+
+
 def _replay(body: bytes, receive: Receive) -> Receive:
     """A receive channel that yields the already-read body, then what the client sends next."""
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def replayed() -> Message:
         return pending.pop() if pending else await receive()
@@ -132,7 +150,7 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 class Edge:
-    """ASGI app wrapping KServe's: body limit, V2 inference and metadata, error bodies, access line."""
+    """ASGI middleware on KServe's app: body limit, V2 inference and metadata, access line."""
 
     def __init__(
         self,
@@ -157,24 +175,26 @@ class Edge:
         if self.monitor is not None:
             scope[MONITOR_KEY] = self.monitor
 
-        async def noting_send(message: Message) -> None:
+        async def logged_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
+                # The line is written as the answer starts (as uvicorn's is): before the client has it.
                 status = message["status"]
+                self.access.record(scope, status, time.perf_counter() - started)
             await send(message)
 
         try:
-            await self._handle(scope, receive, noting_send)
+            await self._handle(scope, receive, logged_send)
         except Exception as e:
             # A bug of the server, never the client's doing: the one place a traceback is logged.
             log.exception("%s %s failed", scope["method"], scope["path"])
             if status:
                 raise
-            status = 500
             body = orjson.dumps({"error": f"internal server error ({type(e).__name__}); see the server log"})
-            await Response(body, 500, media_type="application/json")(scope, receive, send)
+            await Response(body, 500, media_type="application/json")(scope, receive, logged_send)
         finally:
-            self.access.record(scope, status, time.perf_counter() - started)
+            if not status:  # no answer: the client went away
+                self.access.record(scope, status, time.perf_counter() - started)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = b""
@@ -182,11 +202,7 @@ class Edge:
             try:
                 body = await self._body(scope, receive)
             except BodyTooLargeError as e:
-                message = (
-                    f"the request body is larger than this server accepts ({self.max_body_bytes} "
-                    "bytes, set by `mlpipe serve --max-body-bytes`); send fewer images per request"
-                )
-                await reject(scope, 413, message, e)(scope, receive, send)
+                await self._too_large(scope, receive, send, e)
                 return
             receive = _replay(body, receive)
         try:
@@ -203,12 +219,8 @@ class Edge:
             else:
                 await self.app(scope, receive, send)
                 return
-        except InvalidInput as e:
-            response = reject(scope, 400, str(e), e)
-        except ModelNotFound as e:
-            response = reject(scope, 404, str(e), e)
-        except ModelNotReady as e:
-            response = reject(scope, 503, str(e), e)
+        except KSERVE_REFUSALS as e:
+            response = reject_error(scope, e)
         await response(scope, receive, send)
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
@@ -216,6 +228,20 @@ class Edge:
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             raise BodyTooLargeError  # refused before a byte of the body is read
         return await read_body(receive, self.max_body_bytes)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, error: BodyTooLargeError) -> None:
+        message = (
+            f"the request body is larger than this server accepts ({self.max_body_bytes} "
+            "bytes, set by `mlpipe serve --max-body-bytes`); send fewer images per request"
+        )
+        response = reject(scope, 413, message, error)
+        # The status line goes first, so a client waiting for "100 Continue" sends no body. A
+        # client that sends its whole body before reading (urllib) sees its connection reset, not
+        # the 413, if the server closes with the body unread: the rest is read and discarded
+        # (up to DRAIN_BYTES) before the answer is complete.
+        await send({"type": "http.response.start", "status": 413, "headers": response.raw_headers})
+        await drain(receive, DRAIN_BYTES)
+        await send({"type": "http.response.body", "body": response.body})
 
     def _route(self, scope: Scope) -> tuple[str, str] | None:
         """("infer" | "metadata" | "other", model) for /v2/models/... paths, with the version checked.
@@ -285,17 +311,15 @@ def install(
     max_body_bytes: int,
     access: AccessLog,
     monitor: ModelMonitor | None = None,
-) -> Edge:
-    """The edge in front of KServe's ``app``, whose refusals become the protocol's error body too
-    (and are counted in ``monitor``, when there is one)."""
+) -> None:
+    """Put the edge in front of KServe's ``app`` and make the app's refusals the protocol's error
+    body too (counted in ``monitor``, when there is one)."""
 
-    @app.exception_handler(InvalidInput)
-    async def invalid_input(request: Request, exc: Exception) -> Response:
-        return reject(request.scope, 400, str(exc), exc)
+    async def refused(request: Request, exc: Exception) -> Response:
+        return reject_error(request.scope, exc)
 
-    @app.exception_handler(ModelNotFound)
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return reject(request.scope, 404, str(exc), exc)
+    for error in KSERVE_REFUSALS:
+        app.add_exception_handler(error, refused)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
@@ -310,4 +334,6 @@ def install(
         response.headers.update(exc.headers or {})
         return response
 
-    return Edge(app, dataplane, max_body_bytes, access, monitor)
+    app.add_middleware(
+        Edge, dataplane=dataplane, max_body_bytes=max_body_bytes, access=access, monitor=monitor
+    )

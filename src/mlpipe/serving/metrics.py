@@ -6,8 +6,8 @@ Every label is bounded: ``model_name`` (one per server), ``label`` (the package'
 becomes a label value.
 
 One process only: with several uvicorn workers each scrape would see one worker's counters and
-drift window (kserve/kserve#2979), so `mlpipe serve` refuses ``--workers > 1`` while monitoring is
-on; scale out with replicas instead (each pod is scraped on its own and PromQL sums them).
+drift window (kserve/kserve#2979), so `mlpipe serve` refuses ``--workers > 1``; scale out with
+replicas instead (each pod is scraped on its own and PromQL sums them).
 
 A request's images are recorded in batches: ``ModelMonitor.observe`` queues them, and they are
 recorded together every ``BATCH_REQUESTS`` requests and whenever the registry is read (a scrape
