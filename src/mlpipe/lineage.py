@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,22 +53,43 @@ class Lineage:
 
 
 def pipeline_inputs(pipeline: Path = paths.DVC_YAML) -> list[str]:
-    """dvc.yaml, params.yaml and every stage dependency that is not another stage's output."""
-    try:
-        stages = (yaml.safe_load(pipeline.read_text(encoding="utf-8")) or {}).get("stages") or {}
-    except (FileNotFoundError, yaml.YAMLError):
-        stages = {}
+    """dvc.yaml, params.yaml and every stage dependency that is not another stage's output,
+    templated from params.yaml as DVC does; for a dependency DVC tracks, the `.dvc` file git holds."""
+    stages = _read_yaml(pipeline).get("stages") or {}
+    params = _read_yaml(pipeline.parent / paths.PARAMS_FILE)
     produced: set[str] = set()
     deps: set[str] = set()
     for stage in stages.values():
         for kind in ("outs", "metrics", "plots"):
             produced.update(_entry_path(entry) for entry in stage.get(kind) or [])
-        deps.update(_entry_path(entry) for entry in stage.get("deps") or [])
-    return sorted({paths.PARAMS_FILE.as_posix(), paths.DVC_YAML.as_posix(), *(deps - produced)})
+        deps.update(_templated(_entry_path(entry), params) for entry in stage.get("deps") or [])
+    external = deps - produced
+    pointers = {f"{dep}.dvc" for dep in external if (pipeline.parent / f"{dep}.dvc").is_file()}
+    return sorted({paths.PARAMS_FILE.as_posix(), paths.DVC_YAML.as_posix(), *external, *pointers})
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, yaml.YAMLError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def _entry_path(entry: str | dict[str, object]) -> str:
     return entry if isinstance(entry, str) else next(iter(entry))
+
+
+def _templated(path: str, params: dict) -> str:
+    """``path`` with each ``${section.key}`` replaced by that value of params.yaml."""
+
+    def value(match: re.Match[str]) -> str:
+        found: object = params
+        for key in match.group(1).strip().split("."):
+            found = found.get(key) if isinstance(found, dict) else None
+        return str(found)
+
+    return re.sub(r"\$\{([^}]+)\}", value, path)
 
 
 def git_commit() -> str:

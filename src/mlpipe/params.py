@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlpipe.errors import MlpipeError, ParamsError
-from mlpipe.paths import PARAMS_FILE
+from mlpipe.paths import NO_LOCAL_SOURCE, PARAMS_FILE
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
@@ -29,8 +29,9 @@ class DataParams(_Section):
     """Which dataset to prepare and how to split it."""
 
     dataset: Literal["digits", "fashion-mnist", "imagefolder"] = "digits"
-    # fashion-mnist: a directory with the four IDX files (null downloads them);
-    # imagefolder: a directory of class_name/*.png. Keep it under data/raw so DVC tracks it.
+    # The dataset's directory, prepare's only data dep: fashion-mnist: the four IDX files;
+    # imagefolder: class_name/*.png; kept under data/raw and `dvc add`-ed. None: no files in the
+    # project (digits; Fashion-MNIST downloaded), spelt data/raw/none in params.yaml for DVC.
     source: str | None = None
     # [height, width] to resize imagefolder images to; null requires them all to share one size.
     image_size: (
@@ -41,12 +42,24 @@ class DataParams(_Section):
     max_samples: Annotated[int, Field(ge=10)] | None = None
     seed: Seed = 42
 
+    @field_validator("source", mode="before")
+    @classmethod
+    def _no_local_source(cls, value: object) -> object:
+        # dvc.yaml's ${data.source} must name a path that exists, so params.yaml cannot say null
+        if value is None:
+            raise ValueError(f"null is no path for DVC; write {NO_LOCAL_SOURCE} for no files in the project")
+        if isinstance(value, str) and Path(value) == NO_LOCAL_SOURCE:
+            return None
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> DataParams:
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
         if self.dataset == "imagefolder" and not self.source:
             raise ValueError("source is required for dataset 'imagefolder' (a class_name/*.png tree)")
+        if self.dataset == "digits" and self.source:
+            raise ValueError(f"source of dataset 'digits' is {NO_LOCAL_SOURCE} (scikit-learn ships it)")
         if self.image_size is not None and self.dataset != "imagefolder":
             raise ValueError("image_size applies to dataset 'imagefolder' only")
         return self

@@ -11,6 +11,10 @@ TUNE_STORAGE = Path("tune.db")
 # the kustomize tree `mlpipe deploy` renders
 DEPLOY_DIR = Path("deploy")
 
+# data.source of a dataset with no files in the project (digits ships with scikit-learn;
+# Fashion-MNIST can be downloaded): prepare depends on ${data.source}, which DVC needs to be a
+# path that exists, so "none" is this folder, holding a README only.
+NO_LOCAL_SOURCE = Path("data/raw/none")
 PREPARED_DIR = Path("data/prepared")
 SCHEMA_FILE = PREPARED_DIR / "schema.json"
 # The prepared splits, as prepare writes them and the later stages read them.

@@ -206,9 +206,10 @@ def test_unreachable_tracking_server_fails_before_training(built_project: Path, 
     assert_failed_cleanly_and_recovers(project, before, params)
 
 
-def test_lineage_inputs_cover_the_code_the_stages_run() -> None:
-    inputs = lineage.pipeline_inputs(Path(__file__).resolve().parents[2] / "dvc.yaml")
-    assert {"params.yaml", "data/raw", "src/mlpipe/train.py", "src/mlpipe/package.py"} <= set(inputs)
+def test_lineage_inputs_cover_the_code_and_the_dataset_the_stages_run(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    inputs = lineage.pipeline_inputs(project / "dvc.yaml")
+    assert {"params.yaml", "data/raw/none", "src/mlpipe/train.py", "src/mlpipe/package.py"} <= set(inputs)
 
 
 def test_experiments_are_tracked_but_register_nothing(tmp_path: Path) -> None:

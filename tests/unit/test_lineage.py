@@ -74,3 +74,22 @@ def test_data_hash_falls_back_to_the_files_without_a_lock_entry(tmp_path: Path) 
 def test_the_git_commit_is_in_no_output_of_the_pipeline() -> None:
     """Outputs hold only their inputs' hashes: the same inputs on another commit reuse them."""
     assert set(lineage.Inputs("p", "d").to_dict()) == {"params_hash", "data_hash"}
+
+
+def test_pipeline_inputs_are_templated_from_params_and_hold_the_dvc_file_of_tracked_data(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  prepare:\n    deps: ['${data.source}', src/prepare.py]\n    outs: [data/prepared]\n"
+        "  train:\n    deps: [data/prepared]\n"
+    )
+    (tmp_path / "params.yaml").write_text("data: {source: data/raw/shapes}\n")
+    (tmp_path / "data/raw").mkdir(parents=True)
+    (tmp_path / "data/raw/shapes.dvc").write_text("outs:\n- path: shapes\n")
+    assert lineage.pipeline_inputs(tmp_path / "dvc.yaml") == [
+        "data/raw/shapes",
+        "data/raw/shapes.dvc",
+        "dvc.yaml",
+        "params.yaml",
+        "src/prepare.py",
+    ]

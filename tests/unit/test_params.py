@@ -31,6 +31,8 @@ def test_empty_params_take_the_documented_defaults() -> None:
         ({"data": {"test_fraction": 0.5, "val_fraction": 0.45}}, "data: val_fraction + test_fraction"),
         ({"data": {"dataset": "imagefolder"}}, "data: source is required for dataset 'imagefolder'"),
         ({"data": {"image_size": [28, 28]}}, "data: image_size applies to dataset 'imagefolder' only"),
+        ({"data": {"source": None}}, "data.source: null is no path for DVC; write data/raw/none"),
+        ({"data": {"source": "data/raw/mine"}}, "data: source of dataset 'digits' is data/raw/none"),
         ({"package": {"model_name": "Bad_Name"}}, "package.model_name: String should match pattern"),
         ({"train": {"amp": "yes"}}, "train.amp: Input should be a valid boolean"),
     ],
@@ -46,6 +48,11 @@ def test_every_problem_is_reported_at_once() -> None:
         parse_params({"train": {"lr": 0, "batch_size": 0}})
     assert "train.lr" in str(error.value)
     assert "train.batch_size" in str(error.value)
+
+
+@pytest.mark.parametrize("spelling", ["data/raw/none", "data/raw/none/", "./data/raw/none"])
+def test_data_raw_none_means_no_files_in_the_project(spelling: str) -> None:
+    assert parse_params({"data": {"source": spelling}}).data.source is None
 
 
 def test_integer_learning_rate_is_accepted_as_float() -> None:

@@ -119,7 +119,7 @@ def _locate(source: Path, checksums: Mapping[str, str]) -> dict[str, Path]:
     if not source.is_dir():
         raise DataError(
             f"{source}: not a directory; set data.source in params.yaml to the directory "
-            "holding the four Fashion-MNIST files, or to null to download them"
+            "holding the four Fashion-MNIST files, or to data/raw/none to download them"
         )
     files: dict[str, Path] = {}
     for name in FILES:
