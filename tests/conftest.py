@@ -13,14 +13,33 @@ from typing import Any
 import pytest
 import yaml
 
+from mlpipe.paths import NO_LOCAL_SOURCE
 from mlpipe.verify import checkout_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
 
+MODEL_NAME = "mlpipe-classifier"
+# All of the data section: scikit-learn's digits, which ship with it (offline), whatever dataset
+# the project itself trains on; small enough that the whole pipeline runs in seconds.
+TINY_DATA: dict[str, Any] = {
+    "dataset": "digits",
+    "source": NO_LOCAL_SOURCE.as_posix(),
+    "image_size": None,
+    "val_fraction": 0.1,
+    "test_fraction": 0.2,
+    "max_samples": 600,
+    "seed": 42,
+}
+# What every copy of the project runs on, whatever its own params.yaml selects: the tests check
+# the pipeline, not the project's current choices (its dataset, its model's name).
+COPY_PARAMS: dict[str, dict[str, Any]] = {
+    "data": TINY_DATA,
+    "package": {"model_name": MODEL_NAME, "register_model": True},
+}
 # Small enough that the whole pipeline runs in seconds, large enough to learn something.
 TINY_PARAMS: dict[str, dict[str, Any]] = {
-    "data": {"max_samples": 600},
+    "data": TINY_DATA,
     "model": {"width": 8, "hidden": 32},
     "train": {"epochs": 4, "batch_size": 32, "lr": 0.01},
     "evaluate": {"misclassified_examples": 8},
@@ -55,9 +74,9 @@ def run(
     return result
 
 
-def project_files() -> list[str]:
-    """What a clone of this repository contains: tracked files plus new, unignored ones."""
-    return checkout_files(REPO_ROOT)
+def project_files(root: Path = REPO_ROOT) -> list[str]:
+    """What a clone of the repository at ``root`` contains: tracked files plus new, unignored ones."""
+    return checkout_files(root)
 
 
 def update_params(project: Path, overrides: Mapping[str, Mapping[str, Any]]) -> None:
@@ -69,12 +88,20 @@ def update_params(project: Path, overrides: Mapping[str, Mapping[str, Any]]) -> 
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def make_project(dest: Path, overrides: Mapping[str, Mapping[str, Any]] = TINY_PARAMS) -> Path:
-    """A fresh git repository holding this project, with ``overrides`` applied and committed."""
-    for name in project_files():
+def make_project(
+    dest: Path, overrides: Mapping[str, Mapping[str, Any]] = TINY_PARAMS, root: Path = REPO_ROOT
+) -> Path:
+    """A fresh git repository holding the project at ``root`` on COPY_PARAMS, with ``overrides``
+    applied and committed."""
+    for name in project_files(root):
+        # A `dvc add`-ed dataset is gitignored, so a copy would hold its `.dvc` file without the
+        # data, which DVC fails to reproduce; the copy trains on COPY_PARAMS' dataset anyway.
+        if name.endswith(".dvc"):
+            continue
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO_ROOT / name, target)
+        shutil.copy2(root / name, target)
+    update_params(dest, COPY_PARAMS)
     update_params(dest, overrides)
     run("git", "init", "-q", "-b", "main", cwd=dest)
     run("git", "add", "-A", cwd=dest)

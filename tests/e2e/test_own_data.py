@@ -1,5 +1,6 @@
 """A project made a team's own: its datasets in data/raw, each `dvc add`-ed, one selected by
-`data.source`. `prepare` depends on the selected one only."""
+`data.source`. `prepare` depends on the selected one only, and the tests' copies of the project
+still run (on digits) when its own data is not in them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import make_project, run
+from tests.conftest import TINY_PARAMS, make_project, run, update_params
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +37,23 @@ def prepare_deps(project: Path) -> list[str]:
     return [dep["path"] for dep in lock["stages"]["prepare"]["deps"]]
 
 
+def test_a_project_on_its_own_dvc_added_images_still_gives_test_copies_that_run(tmp_path: Path) -> None:
+    team = make_project(tmp_path / "team")
+    write_images(team / "data/raw/shapes")
+    run("dvc", "add", "data/raw/shapes", cwd=team)
+    update_params(team, {"data": {"dataset": "imagefolder", "source": "data/raw/shapes"}})
+    commit_all(team, "Train on our own images")
+
+    project = make_project(tmp_path / "project", root=team)
+    run("dvc", "repro", "prepare", cwd=project)
+
+    assert json.loads((project / "data/prepared/schema.json").read_text())["dataset"] == "digits"
+    # the copy has no `.dvc` stage without its data, which `dvc repro` would fail to reproduce
+    status = json.loads(run("dvc", "status", "--json", cwd=project).stdout)
+    assert "prepare" not in status
+    assert [stage for stage in status if stage.endswith(".dvc")] == []
+
+
 def test_another_dataset_folder_in_data_raw_leaves_prepare_up_to_date(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project")
     run("dvc", "repro", "prepare", cwd=project)
@@ -44,5 +62,5 @@ def test_another_dataset_folder_in_data_raw_leaves_prepare_up_to_date(tmp_path: 
     commit_all(project, "A second dataset")
 
     assert json.loads(run("dvc", "status", "prepare", "--json", cwd=project).stdout) == {}
-    selected = "data/raw/none"
+    selected = TINY_PARAMS["data"]["source"]
     assert [dep for dep in prepare_deps(project) if dep.startswith("data/")] == [selected]

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from mlpipe import lineage
-from tests.conftest import TINY_PARAMS, make_project, run, update_params
+from tests.conftest import MODEL_NAME, TINY_PARAMS, make_project, run, update_params
 
 pytestmark = pytest.mark.slow
 
@@ -110,10 +110,10 @@ def test_registered_candidate_loads_and_predicts_like_evaluate(built_project: Pa
     import mlflow
 
     client = mlflow_client(built_project)
-    version = client.get_model_version_by_alias("mlpipe-classifier", "candidate")
+    version = client.get_model_version_by_alias(MODEL_NAME, "candidate")
     assert version.tags["mlpipe.package_uri"].endswith("/package")
     mlflow.set_tracking_uri(f"sqlite:///{built_project / 'mlruns.db'}")
-    model = mlflow.pyfunc.load_model("models:/mlpipe-classifier@candidate")
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@candidate")
     images = np.load(built_project / "data/prepared/test_images.npy")
     assert images.dtype == np.uint8  # the prepared arrays as they are: the signature says uint8
     probabilities = model.predict(images)["probabilities"]
@@ -209,18 +209,23 @@ def test_unreachable_tracking_server_fails_before_training(built_project: Path, 
 def test_lineage_inputs_cover_the_code_and_the_dataset_the_stages_run(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project")
     inputs = lineage.pipeline_inputs(project / "dvc.yaml")
-    assert {"params.yaml", "data/raw/none", "src/mlpipe/train.py", "src/mlpipe/package.py"} <= set(inputs)
+    assert {
+        "params.yaml",
+        TINY_PARAMS["data"]["source"],
+        "src/mlpipe/train.py",
+        "src/mlpipe/package.py",
+    } <= set(inputs)
 
 
 def test_experiments_are_tracked_but_register_nothing(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project")
     run("dvc", "repro", cwd=project)
     client = mlflow_client(project)
-    before = client.get_registered_model("mlpipe-classifier")
+    before = client.get_registered_model(MODEL_NAME)
     run("dvc", "exp", "run", "-n", "lr-probe", "-S", "train.lr=0.02", cwd=project)
-    after = client.get_registered_model("mlpipe-classifier")
+    after = client.get_registered_model(MODEL_NAME)
     assert after.aliases == before.aliases
-    assert len(client.search_model_versions("name = 'mlpipe-classifier'")) == 1
+    assert len(client.search_model_versions(f"name = '{MODEL_NAME}'")) == 1
     runs = client.search_runs([client.get_experiment_by_name("mlpipe").experiment_id])
     assert sorted(r.info.run_name for r in runs if r.info.run_name == "lr-probe") == ["lr-probe"]
 

@@ -19,7 +19,7 @@ import yaml
 from kserve import InferenceRESTClient, RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-from tests.conftest import REPO_ROOT, run
+from tests.conftest import MODEL_NAME, REPO_ROOT, run
 from tests.model.serving_cases import (
     BAD_REQUEST_IDS,
     PACKAGE,
@@ -163,7 +163,7 @@ def test_v1_nan_literal_gets_400(http: httpx.Client, spec: Spec) -> None:
 def test_predict_cli_scores_random_test_images(server: ModelServer, built_project: Path) -> None:
     out = run("mlpipe", "predict", "--url", server.url, "--n", "10", "--seed", "7", cwd=built_project).stdout
     lines = out.strip().splitlines()
-    assert lines[0].startswith("model mlpipe-classifier (v2), 10 random test images, seed 7")
+    assert lines[0].startswith(f"model {MODEL_NAME} (v2), 10 random test images, seed 7")
     assert len([line for line in lines if line.startswith("test[")]) == 10
     assert re.fullmatch(r"accuracy \d+/10 = \d\.\d{3}", lines[-1])
 

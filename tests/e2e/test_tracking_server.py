@@ -14,14 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_PARAMS, make_project, run, update_params
+from tests.conftest import MODEL_NAME, TINY_PARAMS, make_project, run, update_params
 from tests.e2e.conftest import TrackingServer
 from tests.e2e.test_pipeline import assert_failed_cleanly_and_recovers, snapshot
 from tests.servers import free_port, s3_client, s3_keys
 
 pytestmark = pytest.mark.slow
 
-MODEL_NAME = "mlpipe-classifier"
 # Failure tests: MLflow and boto3 would otherwise retry for minutes before giving up.
 NO_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "AWS_MAX_ATTEMPTS": "1"}
 
