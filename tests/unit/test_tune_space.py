@@ -13,7 +13,7 @@ import yaml
 from mlpipe.errors import TuningError
 from mlpipe.params import load_params, parse_params
 from mlpipe.tuning.space import load_space, parse_scalar, parse_space
-from mlpipe.tuning.study import Tuner, yaml_scalar
+from mlpipe.tuning.study import EXPERIMENT_ATTR, METRICS_ATTR, Tuner, summary, yaml_scalar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,9 +28,34 @@ def space(**overrides: Any) -> dict[str, Any]:
 
 
 def test_the_repositorys_tune_yaml_is_valid() -> None:
-    loaded = load_space(REPO_ROOT / "tune.yaml")
-    assert loaded.sampler.name == "tpe"
-    assert loaded.target_stage() == "evaluate"
+    load_space(REPO_ROOT / "tune.yaml")
+
+
+def test_without_an_objective_the_trials_are_chosen_on_validation_and_never_evaluated() -> None:
+    raw = space()
+    del raw["objective"]
+    loaded = parse_space(raw)
+    assert (loaded.objective.metric, loaded.objective.direction) == ("val_accuracy", "maximize")
+    assert loaded.target_stage() == "train"
+
+
+def test_the_summary_reports_the_validation_objective_and_leaves_the_test_split_to_the_kept_trial() -> None:
+    raw = space()
+    del raw["objective"]
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"train.lr": 0.01},
+            distributions={"train.lr": optuna.distributions.FloatDistribution(1.0e-4, 1.0e-1, log=True)},
+            value=0.95,
+            user_attrs={EXPERIMENT_ATTR: "mlpipe-0", METRICS_ATTR: {"val_accuracy": 0.95, "val_loss": 0.2}},
+        )
+    )
+    lines = summary(study, parse_space(raw)).splitlines()
+    assert "best trial: 0 (mlpipe-0), val_accuracy = 0.9500" in lines
+    assert [line for line in lines if "test" in line] == [
+        "test split: no trial saw it; the `dvc repro` below scores these params on it, once"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -425,6 +425,8 @@ def summary(study: optuna.Study, space: SearchSpace) -> str:
     lines += [f"  {key} = {yaml_scalar(value)}" for key, value in best.params.items()]
     lines.append("metrics:")
     lines += [f"  {key} = {value}" for key, value in sorted(best.user_attrs[METRICS_ATTR].items())]
+    if space.target_stage() == "train":
+        lines.append("test split: no trial saw it; the `dvc repro` below scores these params on it, once")
     lines.append(f"keep it: dvc exp apply {name} && dvc repro && git commit -am 'Tuned params ({name})'")
     lines.append("compare: dvc exp show --only-changed")
     return "\n".join(lines)
