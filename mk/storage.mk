@@ -44,25 +44,31 @@ remote-oss: ## Point the remotes at Aliyun OSS (DATA_URL, MODELS_URL, ENDPOINT)
 
 # The team tracking server: runs and the model registry in PostgreSQL, artifacts in S3, which
 # clients read and write directly (--no-serve-artifacts), so registered versions carry s3://
-# URIs that deployments download. MLflow reads these variables from the environment too.
+# URIs that deployments download. On one box, a SQLite file instead, with artifacts in a local
+# folder that the server reads and writes for its clients (--serve-artifacts). MLflow reads
+# these variables from the environment too.
 MLFLOW_HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 MLFLOW_WORKERS ?= 2
+MLFLOW_ARTIFACTS_DESTINATION ?= ./mlartifacts
 
 # Checked when the makefile is read, so that a missing setting stops before `setup` runs.
 ifneq ($(filter mlflow-server,$(MAKECMDGOALS)),)
-  ifeq ($(filter postgresql%,$(MLFLOW_BACKEND_STORE_URI)),)
-    $(error set MLFLOW_BACKEND_STORE_URI=postgresql+psycopg2://USER@HOST:5432/DB (the password in PGPASSWORD))
-  endif
-  ifeq ($(filter s3://%,$(MLFLOW_DEFAULT_ARTIFACT_ROOT)),)
-    $(error set MLFLOW_DEFAULT_ARTIFACT_ROOT=s3://BUCKET/mlartifacts)
+  ifneq ($(filter sqlite:///%,$(MLFLOW_BACKEND_STORE_URI)),)
+    MLFLOW_ARTIFACT_OPTIONS = --serve-artifacts --artifacts-destination '$(MLFLOW_ARTIFACTS_DESTINATION)'
+  else ifneq ($(filter postgresql%,$(MLFLOW_BACKEND_STORE_URI)),)
+    ifeq ($(filter s3://%,$(MLFLOW_DEFAULT_ARTIFACT_ROOT)),)
+      $(error set MLFLOW_DEFAULT_ARTIFACT_ROOT=s3://BUCKET/mlartifacts)
+    endif
+    MLFLOW_ARTIFACT_OPTIONS = --default-artifact-root '$(MLFLOW_DEFAULT_ARTIFACT_ROOT)' --no-serve-artifacts
+  else
+    $(error set MLFLOW_BACKEND_STORE_URI=postgresql+psycopg2://USER@HOST:5432/DB (the password in PGPASSWORD), or sqlite:///PATH.db on one box)
   endif
 endif
 
-mlflow-server: setup ## Run the team MLflow server (PostgreSQL + S3; see docs/storage.md)
+mlflow-server: setup ## Run the MLflow server (PostgreSQL + S3, or SQLite on one box; docs/storage.md)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server \
-	  --backend-store-uri '$(MLFLOW_BACKEND_STORE_URI)' \
-	  --default-artifact-root '$(MLFLOW_DEFAULT_ARTIFACT_ROOT)' --no-serve-artifacts \
+	  --backend-store-uri '$(MLFLOW_BACKEND_STORE_URI)' $(MLFLOW_ARTIFACT_OPTIONS) \
 	  --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS)
 
 bench-storage: setup ## Time dvc push/pull to S3 and MLflow's share of training time

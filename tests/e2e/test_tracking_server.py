@@ -14,10 +14,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import MODEL_NAME, TINY_PARAMS, make_project, run, update_params
+from tests.conftest import (
+    MODEL_NAME,
+    REPO_ROOT,
+    TINY_PARAMS,
+    make_project,
+    run,
+    subprocess_env,
+    update_params,
+)
 from tests.e2e.conftest import TrackingServer
 from tests.e2e.test_pipeline import assert_failed_cleanly_and_recovers, snapshot
-from tests.servers import free_port, s3_client, s3_keys
+from tests.servers import LOOPBACK, child_process, free_port, http_ok, s3_client, s3_keys
 
 pytestmark = pytest.mark.slow
 
@@ -190,3 +198,33 @@ def test_registry_failure_leaves_the_registry_and_the_package_as_they_were(
     assert_failed_cleanly_and_recovers(project_copy, before, params, outputs, tracking_server.client_env)
     assert versions(client) == versions_before
     assert client.get_model_version_by_alias(MODEL_NAME, "candidate").version == candidate
+
+
+def test_make_mlflow_server_on_one_box_keeps_runs_in_sqlite_and_artifacts_in_a_folder(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    port, artifacts = free_port(), tmp_path / "artifacts"
+    command = [
+        "make",
+        "--no-print-directory",
+        "--old-file=.venv/.setup-complete",  # the environment under test, not a reinstall
+        "mlflow-server",
+        f"MLFLOW_BACKEND_STORE_URI=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"MLFLOW_ARTIFACTS_DESTINATION={artifacts}",
+        f"MLFLOW_PORT={port}",
+        "MLFLOW_WORKERS=1",
+    ]
+    uri = f"http://{LOOPBACK}:{port}"
+    with child_process(command, env=subprocess_env(), cwd=REPO_ROOT) as server:
+        server.wait_until(lambda: http_ok(f"{uri}/health"), "make mlflow-server", timeout=120)
+        client = MlflowClient(uri)
+        run_id = client.create_run(client.create_experiment("one-box")).info.run_id
+        (tmp_path / "note.txt").write_text("kept by the server")
+        client.log_artifact(run_id, str(tmp_path / "note.txt"), "notes")
+        artifact_uri = client.get_run(run_id).info.artifact_uri
+        assert [a.path for a in client.list_artifacts(run_id, "notes")] == ["notes/note.txt"]
+    # clients reach the artifacts through the server, which keeps them in the folder
+    assert artifact_uri.startswith("mlflow-artifacts:")
+    (kept,) = artifacts.rglob("note.txt")
+    assert kept.read_text() == "kept by the server"
+    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "RUNNING"
