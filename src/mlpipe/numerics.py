@@ -1,13 +1,22 @@
-"""CPU numerics that give the same bytes on every x86-64 CPU with AVX2, whatever its core count.
+"""CPU numerics that give the same bytes on every x86-64 CPU with AVX2, Intel or AMD, whatever
+its core count.
 
-Float results depend on which kernels the libraries pick (by instruction set) and on how
-reductions are split (by thread count). With ``train.numerics: portable`` (the default) every
-stage pins both before torch loads: ATen's kernels at AVX2, oneDNN at AVX2 and unused for
-convolutions (its blocking follows the cache sizes), MKL's conditional numerical
-reproducibility at AVX2, and a fixed number of intra-op threads. Variables a user's shell or
-container sets (``OMP_NUM_THREADS=1`` in a profile, a 1-core cgroup) are overridden, so they
-cannot change a result. ``train.numerics: native`` lets the libraries pick the fastest path
+Float results depend on which kernels the libraries pick (by instruction set, and in oneMKL by
+the CPU's vendor) and on how reductions are split (by thread count). With
+``train.numerics: portable`` (the default) every stage pins both before torch loads: ATen's
+kernels at AVX2, oneDNN at AVX2 and unused for convolutions (its blocking follows the cache
+sizes), oneMKL's ``COMPATIBLE`` branch of conditional numerical reproducibility, and a fixed
+number of intra-op threads. ``COMPATIBLE`` is the one branch oneMKL takes on every vendor's CPU:
+its ``AVX2`` branch is taken on Intel CPUs only (on AMD it falls back to ``AUTO`` and the Zen
+kernels), so GEMM, ``exp`` and ``log`` would differ between vendors under it. Variables a user's
+shell or container sets (``OMP_NUM_THREADS=1`` in a profile, a 1-core cgroup) are overridden, so
+they cannot change a result. ``train.numerics: native`` lets the libraries pick the fastest path
 for this machine; results are then reproducible on this machine only.
+
+One thing the environment cannot reach: oneMKL's vector-math ``sqrt`` (ATen's ``torch.sqrt``
+on CPU) depends on the CPU's features even under ``COMPATIBLE``, and is not correctly rounded.
+Training therefore uses AdamW's fused kernel (mlpipe.train.optimisation), whose square root is
+the CPU's correctly rounded instruction: one answer on every CPU.
 """
 
 from __future__ import annotations
@@ -30,8 +39,7 @@ PORTABLE_ENVIRONMENT = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "DNNL_MAX_CPU_ISA": "AVX2",
-    "MKL_CBWR": "AVX2,STRICT",
-    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "MKL_CBWR": "COMPATIBLE,STRICT",
     "OMP_NUM_THREADS": str(PORTABLE_THREADS),
     "MKL_NUM_THREADS": str(PORTABLE_THREADS),
     "MKL_DYNAMIC": "FALSE",

@@ -103,7 +103,11 @@ def optimisation(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW and its one-cycle schedule: warm-up to ``lr`` over ``warmup_fraction`` of the
     steps, then cosine annealing; the schedule steps once per batch."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    # The fused kernel takes its square roots from the CPU's correctly rounded instruction; the
+    # default kernel calls oneMKL's vector sqrt, whose result depends on the CPU (mlpipe.numerics).
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=True
+    )
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=params.lr,
