@@ -76,6 +76,17 @@ def test_binary_data_size_that_does_not_fit_the_shape_is_refused() -> None:
     assert "shape [2, 8, 8] of UINT8 needs 128 bytes; binary_data_size says 64" in refusal(body, headers)
 
 
+@pytest.mark.parametrize("datatype", ["BYTES", "UINT7", ["UINT8"], None])
+def test_binary_tensor_without_a_fixed_size_datatype_is_refused(datatype: object) -> None:
+    body, headers = binary_body()
+    header_length = int(headers[HEADER_LENGTH])
+    header = json.loads(body[:header_length])
+    header["inputs"][0]["datatype"] = datatype
+    new_header = json.dumps(header).encode()
+    message = refusal(new_header + body[header_length:], headers | {HEADER_LENGTH: str(len(new_header))})
+    assert "binary data needs a fixed-size datatype" in message
+
+
 def test_binary_header_that_is_not_json_is_refused() -> None:
     assert "JSON header of the binary request is not valid JSON" in refusal(
         b"\xff" * 10, {HEADER_LENGTH: "4"}
