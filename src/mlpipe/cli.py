@@ -282,15 +282,15 @@ def tune_katib(
     gpus: Annotated[int, typer.Option(min=0, help="GPUs per trial pod.")] = 0,
 ) -> None:
     """Print tune.yaml as a Katib Experiment (YAML); `kubectl apply -f -` submits it."""
-    from mlpipe import git
+    from mlpipe import vcs
     from mlpipe.tuning.katib import experiment, to_yaml
     from mlpipe.tuning.space import load_space
 
     def from_git(*args: str) -> str:
         try:
-            return git.checked(*args)
-        except git.GitError as e:
-            raise git.GitError(f"{e}; pass the value as an option") from e
+            return vcs.git(*args)
+        except vcs.CommandError as e:
+            raise vcs.CommandError(f"{e}; pass the value as an option", e.returncode) from e
 
     rendered = experiment(
         load_space(),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from mlpipe import git, paths
+from mlpipe import paths, vcs
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def _templated(path: str, params: dict) -> str:
 
 def git_commit() -> str:
     """The checked-out commit; "unknown" outside a git repository."""
-    return git.output("rev-parse", "HEAD") or "unknown"
+    return vcs.git_or_none("rev-parse", "HEAD") or "unknown"
 
 
 def git_branch() -> str:
@@ -102,13 +102,13 @@ def git_branch() -> str:
     for variable in ("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME", "CI_COMMIT_BRANCH", "CI_COMMIT_REF_NAME"):
         if branch := os.environ.get(variable):
             return branch
-    branch = git.output("rev-parse", "--abbrev-ref", "HEAD")
+    branch = vcs.git_or_none("rev-parse", "--abbrev-ref", "HEAD")
     return "" if branch in (None, "HEAD") else branch
 
 
 def git_dirty(inputs: list[str]) -> bool:
     """Whether any of ``inputs`` has uncommitted changes."""
-    return bool(git.output("status", "--porcelain", "--untracked-files=no", "--", *inputs))
+    return bool(vcs.git_or_none("status", "--porcelain", "--untracked-files=no", "--", *inputs))
 
 
 def dvc_experiment() -> str:

@@ -12,8 +12,6 @@ files are read with `git show`: the metrics and plot files are small and committ
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from mlpipe import atomic, compare, cost, gate, git, paths, plots, registry, tables
+from mlpipe import atomic, compare, cost, gate, paths, plots, registry, tables, vcs
 from mlpipe.data import read_schema, read_split
 from mlpipe.errors import MlpipeError
 from mlpipe.params import load_params
@@ -36,7 +34,7 @@ CHANGED_SHOWN = 24
 
 
 class ReportError(MlpipeError):
-    """The report cannot be built: unknown revision, or DVC failed to diff."""
+    """The report cannot be built: unknown revision, malformed predictions, or --out not *.md."""
 
 
 @dataclass(frozen=True)
@@ -52,13 +50,9 @@ class Side:
     data_hash: str | None
 
 
-def _command(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, check=False, timeout=300)
-
-
 def _resolve(rev: str) -> str:
     """The commit ``rev`` names; an error says how to make it available."""
-    commit = git.output("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    commit = vcs.git_or_none("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
     if commit is None:
         raise ReportError(
             f"unknown git revision {rev!r}; fetch it first (e.g. `git fetch origin main`) "
@@ -69,16 +63,12 @@ def _resolve(rev: str) -> str:
 
 def _git_file(rev: str, path: Path) -> str | None:
     """A file's text at ``rev`` (relative to the current directory); None if it is not there."""
-    result = git.run("show", f"{rev}:./{path.as_posix()}")
-    return result.stdout if result.returncode == 0 else None
+    return vcs.git_or_none("show", f"{rev}:./{path.as_posix()}")
 
 
 def _dvc_diff(kind: str, rev: str) -> str:
     """`dvc <kind> diff --md <rev>`: a markdown table, or "" when nothing changed."""
-    result = _command(sys.executable, "-m", "dvc", kind, "diff", "--md", rev)
-    if result.returncode != 0:
-        raise ReportError(f"`dvc {kind} diff --md {rev}` failed: {result.stderr.strip()}")
-    return result.stdout.strip()
+    return vcs.dvc(kind, "diff", "--md", rev)
 
 
 def _workspace_file(path: Path) -> str | None:
@@ -381,7 +371,7 @@ def write_report(base: str, out: Path) -> str:
         raise ReportError(f"--out {out}: the report is markdown; name it *.md")
     params = load_params()
     base_commit = _resolve(base)
-    head = git.output("rev-parse", "--short", "HEAD") or "?"
+    head = vcs.git_or_none("rev-parse", "--short", "HEAD") or "?"
     metrics = gate.read_metrics()
     old, new = base_side(base), workspace_side(metrics)
     decision = gate.evaluate(params, metrics, registry.open_registry())

@@ -22,8 +22,6 @@ import fcntl
 import hashlib
 import logging
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -32,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from mlpipe import gate, paths, registry
+from mlpipe import gate, paths, registry, vcs
 from mlpipe.errors import MlpipeError
 from mlpipe.gitlab import GitLab, MergeRequest
 from mlpipe.params import Params
@@ -44,7 +42,6 @@ VERSION_LENGTH = 12
 LOCK_FILE = Path(".dvc/tmp/mlpipe-retrain.lock")
 # where `mlpipe report` writes by default (gitignored, with its figures beside it)
 REPORT_FILE = paths.REPORTS_DIR / "report.md"
-COMMAND_TIMEOUT_S = 6 * 3600
 _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 
 
@@ -119,27 +116,14 @@ def dvc_file(params: Params) -> Path:
     return Path(params.data.source.rstrip("/") + ".dvc")
 
 
-def _command(step: str, *args: str) -> str:
-    """Run one step's command; a failure raises RetrainError naming the step and its output."""
-    log.debug("%s: %s", step, " ".join(args))
+@contextlib.contextmanager
+def _step(step: str) -> Iterator[None]:
+    """A failure inside (a command, the gate, the report, a push) becomes a RetrainError naming
+    the step."""
     try:
-        result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=COMMAND_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as e:
+        yield
+    except MlpipeError as e:
         raise RetrainError(f"retrain failed at {step}: {e}") from e
-    if result.returncode != 0:
-        output = (result.stderr.strip() or result.stdout.strip()).splitlines()[-5:]
-        raise RetrainError(
-            f"retrain failed at {step} (`{' '.join(args)}` exited {result.returncode}): " + " / ".join(output)
-        )
-    return result.stdout
-
-
-def _git(step: str, *args: str) -> str:
-    return _command(step, "git", *args).strip()
-
-
-def _dvc(step: str, *args: str) -> str:
-    return _command(step, sys.executable, "-m", "dvc", *args)
 
 
 @contextlib.contextmanager
@@ -163,13 +147,15 @@ def _lock() -> Iterator[bool]:
 
 def _start_point() -> tuple[str, str]:
     """(what to check out again at the end: the branch or the commit, the commit)."""
-    commit = _git("reading HEAD", "rev-parse", "HEAD")
-    branch = _git("reading HEAD", "rev-parse", "--abbrev-ref", "HEAD")
+    with _step("reading HEAD"):
+        commit = vcs.git("rev-parse", "HEAD")
+        branch = vcs.git("rev-parse", "--abbrev-ref", "HEAD")
     return (commit if branch == "HEAD" else branch), commit
 
 
 def _require_clean() -> None:
-    changed = _git("checking the work tree", "status", "--porcelain", "--untracked-files=no")
+    with _step("checking the work tree"):
+        changed = vcs.git("status", "--porcelain", "--untracked-files=no")
     if changed:
         files = "; ".join(line.strip() for line in changed.splitlines())
         raise RetrainError(
@@ -185,48 +171,52 @@ def _returning_to(start: str, branch: str) -> Iterator[None]:
     try:
         yield
     finally:
-        restored = subprocess.run(["git", "checkout", "--quiet", "--force", start], check=False)
-        if restored.returncode != 0:
-            log.error("could not check out %s again; run `git checkout -f %s && dvc checkout`", start, start)
-        else:
-            subprocess.run(["git", "branch", "--quiet", "-D", branch], capture_output=True, check=False)
-            back = subprocess.run(
-                [sys.executable, "-m", "dvc", "checkout", "--quiet"],
-                capture_output=True,
-                text=True,
-                check=False,
+        # git's hooks (`dvc install`) and `dvc checkout` may move data: they get the long limit
+        try:
+            vcs.git("checkout", "--quiet", "--force", start, timeout=vcs.LONG_TIMEOUT_S)
+        except vcs.CommandError as e:
+            log.error(
+                "could not check out %s again (%s); run `git checkout -f %s && dvc checkout`", start, e, start
             )
-            if back.returncode != 0:
-                log.warning("`dvc checkout` after retrain: %s", back.stderr.strip())
+        else:
+            with contextlib.suppress(vcs.CommandError):  # absent when retrain failed before making it
+                vcs.git("branch", "--quiet", "-D", branch)
+            try:
+                vcs.dvc("checkout", "--quiet", timeout=vcs.LONG_TIMEOUT_S)
+            except vcs.CommandError as e:
+                log.warning("after retrain: %s", e)
 
 
 def _remote_has(remote: str, branch: str) -> bool:
-    result = subprocess.run(
-        ["git", "ls-remote", "--exit-code", "--heads", remote, f"refs/heads/{branch}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode not in (0, 2):
-        raise RetrainError(f"retrain failed at reading the branches of {remote}: {result.stderr.strip()}")
-    return result.returncode == 0
+    try:
+        vcs.git(
+            "ls-remote", "--exit-code", "--heads", remote, f"refs/heads/{branch}", timeout=vcs.LONG_TIMEOUT_S
+        )
+    except vcs.CommandError as e:
+        if e.returncode == 2:  # --exit-code: no such branch
+            return False
+        raise RetrainError(f"retrain failed at reading the branches of {remote}: {e}") from e
+    return True
 
 
 def _push_new_branch(remote: str, branch: str) -> bool:
     """Create ``branch`` on ``remote``; False when it exists there already (another run won)."""
     ref = f"refs/heads/{branch}"
-    # an empty lease: the push succeeds only if the branch does not exist on the remote yet
-    result = subprocess.run(
-        ["git", "push", "--porcelain", f"--force-with-lease={ref}:", remote, f"{branch}:{ref}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode == 0:
-        return True
-    if _remote_has(remote, branch):
-        return False
-    raise RetrainError(f"retrain failed at git push of {branch} to {remote}: {result.stderr.strip()}")
+    try:
+        # an empty lease: the push succeeds only if the branch does not exist on the remote yet
+        vcs.git(
+            "push",
+            "--porcelain",
+            f"--force-with-lease={ref}:",
+            remote,
+            f"{branch}:{ref}",
+            timeout=vcs.LONG_TIMEOUT_S,
+        )
+    except vcs.CommandError as e:
+        if _remote_has(remote, branch):
+            return False
+        raise RetrainError(f"retrain failed at git push of {branch} to {remote}: {e}") from e
+    return True
 
 
 def description(data: Import, previous: str, decision: gate.Decision, report: str) -> str:
@@ -256,11 +246,13 @@ def run(params: Params, base: str = "main", remote: str = "origin", gitlab: GitL
         _require_clean()
         start, start_commit = _start_point()
         log.info("dvc update %s (imported from %s)", target, before.source)
-        _dvc(f"`dvc update {target}`", "update", str(target))
+        with _step(f"`dvc update {target}`"):
+            vcs.dvc("update", str(target), timeout=vcs.LONG_TIMEOUT_S)
         after = Import.read(target)
         if after.version == before.version:
             # a DVC that formats the file differently rewrote it: put the committed bytes back
-            _git(f"restoring {target}", "checkout", "--quiet", "--", str(target))
+            with _step(f"restoring {target}"):
+                vcs.git("checkout", "--quiet", "--", str(target))
             return Outcome(
                 Status.UNCHANGED, f"no new data: {target.with_suffix('')} is still version {before.version}"
             )
@@ -281,27 +273,31 @@ def _retrain(
     log.info("new data: %s %s -> %s", after.dvc_file, before.version, after.version)
     if _remote_has(remote, branch):
         return _done_before(branch, gitlab)
-    _git("creating the branch", "switch", "--quiet", "--force-create", branch)
+    # git's hooks (`dvc install`) may check out data or run checks: the long limit
+    with _step("creating the branch"):
+        vcs.git("switch", "--quiet", "--force-create", branch, timeout=vcs.LONG_TIMEOUT_S)
 
     log.info("dvc repro")
-    _dvc("`dvc repro`", "repro")
-    try:
+    with _step("`dvc repro`"):
+        vcs.dvc("repro", timeout=vcs.LONG_TIMEOUT_S)
+    with _step("the gate"):
         decision = gate.evaluate(params, gate.read_metrics(), registry.open_registry())
-    except MlpipeError as e:
-        raise RetrainError(f"retrain failed at the gate: {e}") from e
     log.info("%s", decision.summary())
 
-    _git("staging the results", "add", "--update")
-    _git(
-        "committing the results",
-        "commit",
-        "--quiet",
-        "--message",
-        f"Retrain on new data in {after.dvc_file.with_suffix('')}: {before.version} -> {after.version}",
-        "--message",
-        f"Imported from {after.source}. {decision.summary()}.",
-    )
-    committed = set(_git("reading the commit", "diff", "--name-only", start_commit, "HEAD").splitlines())
+    with _step("staging the results"):
+        vcs.git("add", "--update")
+    with _step("committing the results"):
+        vcs.git(
+            "commit",
+            "--quiet",
+            "--message",
+            f"Retrain on new data in {after.dvc_file.with_suffix('')}: {before.version} -> {after.version}",
+            "--message",
+            f"Imported from {after.source}. {decision.summary()}.",
+            timeout=vcs.LONG_TIMEOUT_S,
+        )
+    with _step("reading the commit"):
+        committed = set(vcs.git("diff", "--name-only", start_commit, "HEAD").splitlines())
     missing = {after.dvc_file.as_posix(), paths.DVC_LOCK.as_posix()} - committed
     if missing:
         unchanged = ", ".join(sorted(missing))
@@ -309,18 +305,14 @@ def _retrain(
 
     from mlpipe.report import write_report
 
-    try:
+    with _step("`mlpipe report`"):
         write_report(start_commit, REPORT_FILE)
-    except MlpipeError as e:
-        raise RetrainError(f"retrain failed at `mlpipe report`: {e}") from e
 
     from mlpipe import runcache
 
     log.info("pushing the outputs and the run cache")
-    try:
+    with _step("`mlpipe runcache push`"):
         runcache.push(Path.cwd())
-    except MlpipeError as e:
-        raise RetrainError(f"retrain failed at `mlpipe runcache push`: {e}") from e
     if not _push_new_branch(remote, branch):
         return _done_before(branch, gitlab)
     if gitlab is None:
@@ -337,7 +329,12 @@ def _retrain(
         )
     except MlpipeError as e:
         # without its merge request the branch would block the next run: take it back
-        subprocess.run(["git", "push", "--quiet", remote, "--delete", branch], check=False)
+        try:
+            vcs.git("push", "--quiet", remote, "--delete", branch, timeout=vcs.LONG_TIMEOUT_S)
+        except vcs.CommandError as failed:
+            log.error(
+                "could not delete %s on %s (%s); delete it before the next retrain", branch, remote, failed
+            )
         raise RetrainError(f"retrain failed at opening the merge request: {e}") from e
     return Outcome(
         Status.OPENED,

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from mlpipe import paths
+from mlpipe import paths, vcs
 from mlpipe.errors import MlpipeError
 
 
@@ -50,25 +49,13 @@ def locked_outputs(lock_path: Path) -> dict[tuple[str, str], str]:
     }
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> None:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
-        raise VerifyError(f"`{' '.join(args)}` failed in the rebuild copy:\n{tail}")
-
-
 def checkout_files(root: Path) -> list[str]:
     """What a clone holds: tracked files and new, unignored ones."""
-    out = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise VerifyError(f"{root}: not a git checkout ({out.stderr.strip()})")
-    return [line for line in out.stdout.splitlines() if (root / line).is_file()]
+    try:
+        listed = vcs.git("ls-files", "-co", "--exclude-standard", cwd=root)
+    except vcs.CommandError as e:
+        raise VerifyError(f"{root}: not a git checkout ({e})") from e
+    return [line for line in listed.splitlines() if (root / line).is_file()]
 
 
 def rebuild(root: Path, workdir: Path) -> Path:
@@ -80,11 +67,14 @@ def rebuild(root: Path, workdir: Path) -> Path:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
     # A throwaway tracking store: verifying must not register anything anywhere.
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlruns.db'}"
-    git = ["git", "-c", "user.name=mlpipe verify", "-c", "user.email=verify@mlpipe.invalid"]
-    _run(["git", "init", "-q"], copy, env)
-    _run([*git, "add", "-A"], copy, env)
-    _run([*git, "commit", "-q", "-m", "checkout under verification"], copy, env)
-    _run(["dvc", "repro", "--force"], copy, env)
+    identity = ("-c", "user.name=mlpipe verify", "-c", "user.email=verify@mlpipe.invalid")
+    try:
+        vcs.git("init", "-q", cwd=copy, env=env)
+        vcs.git(*identity, "add", "-A", cwd=copy, env=env)
+        vcs.git(*identity, "commit", "-q", "-m", "checkout under verification", cwd=copy, env=env)
+        vcs.dvc("repro", "--force", cwd=copy, env=env, timeout=vcs.LONG_TIMEOUT_S)
+    except vcs.CommandError as e:
+        raise VerifyError(f"in the rebuild copy: {e}") from e
     return copy
 
 

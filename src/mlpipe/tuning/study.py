@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from mlpipe import paths, prefork
+from mlpipe import paths, prefork, vcs
 from mlpipe.errors import TuningError
 from mlpipe.params import load_params, parse_params
 from mlpipe.tuning import experiment
@@ -328,7 +328,7 @@ class Tuner:
                 )
         metrics: dict[str, float] = {}
         for source in self.space.metric_files():
-            metrics |= {k: v for k, v in json.loads(self._git("show", f"{rev}:{source}")).items()}
+            metrics |= json.loads(vcs.git("show", f"{rev}:{source}", cwd=self.root))
         value = float(metrics[self.space.objective.metric])
         trial.set_user_attr(EXPERIMENT_ATTR, name)
         trial.set_user_attr(REV_ATTR, rev)
@@ -356,18 +356,12 @@ class Tuner:
         return workspace
 
     def _params_at(self, rev: str) -> dict:
-        raw = yaml.safe_load(self._git("show", f"{rev}:{paths.PARAMS_FILE}"))
+        raw = yaml.safe_load(vcs.git("show", f"{rev}:{paths.PARAMS_FILE}", cwd=self.root))
         parse_params(raw, paths.PARAMS_FILE)  # what the stages read must be what the schema reads
         return raw
 
-    def _git(self, *args: str) -> str:
-        result = subprocess.run(["git", *args], cwd=self.root, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise TuningError(f"`git {' '.join(args)}` failed: {result.stderr.strip()}")
-        return result.stdout
-
     def _experiment_rev(self, name: str) -> str | None:
-        refs = self._git("for-each-ref", "--format=%(refname) %(objectname)", "refs/exps/")
+        refs = vcs.git("for-each-ref", "--format=%(refname) %(objectname)", "refs/exps/", cwd=self.root)
         for line in refs.splitlines():
             ref, _, rev = line.partition(" ")
             if ref.endswith(f"/{name}") and not ref.startswith("refs/exps/runs/"):
@@ -378,7 +372,7 @@ class Tuner:
         """An experiment of that name from a deleted tune.db would make `dvc exp run -n` fail."""
         if self._experiment_rev(name) is not None:
             log.warning("removing experiment %s left by an earlier study of the same name", name)
-            subprocess.run(["dvc", "exp", "remove", name], cwd=self.root, capture_output=True, check=True)
+            vcs.dvc("exp", "remove", name, cwd=self.root)
 
     def _mark_run(self, number: int, state: str, metrics: dict[str, float]) -> str | None:
         """Tag the trial's MLflow run with how it ended; a pruned one is KILLED, not FAILED."""
