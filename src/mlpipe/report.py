@@ -7,6 +7,10 @@ diffs, per-class changes, the examples that changed verdict, what the model cost
 confusion matrices) in a folder beside the report, linked by relative path. The revision's
 files are read with `git show`: the metrics and plot files are small and committed
 (`cache: false` in dvc.yaml); its package comes from DVC (the cache, else the remote).
+
+`Report.build` gathers all of it once; `Report.write` draws the figures and writes the markdown,
+and `Report.render(figures=None)` is the same text with each figure named in words, for
+`mlpipe retrain`'s merge request description, where relative image links cannot resolve.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +40,179 @@ CHANGED_SHOWN = 24
 
 class ReportError(MlpipeError):
     """The report cannot be built: unknown revision, malformed predictions, or --out not *.md."""
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A PNG of the report: its alt text, its file name in the figures folder, and how to draw it."""
+
+    alt: str
+    file: str
+    draw: Callable[[Path], None]
+
+    def markdown(self, folder: str | None) -> str:
+        """The image linked under ``folder`` (relative to the report); None: named in words."""
+        if folder is None:
+            return f"*({self.alt}: in the merge request pipeline's report)*"
+        return f"![{self.alt}]({folder}/{self.file})"
+
+
+@dataclass(frozen=True)
+class FigureRow:
+    """Figures side by side, each under its caption: a one-row markdown table."""
+
+    captions: Sequence[str]
+    figures: Sequence[Figure]
+
+    def markdown(self, folder: str | None) -> list[str]:
+        """The table's lines: the captions as its header, the figures as its one row."""
+        cells = [figure.markdown(folder) for figure in self.figures]
+        return [
+            "| " + " | ".join(self.captions) + " |",
+            "|" + "---|" * len(cells),
+            "| " + " | ".join(cells) + " |",
+        ]
+
+
+# a section's content: a markdown line, a figure on a line of its own, or figures side by side
+Block = str | Figure | FigureRow
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the report says, gathered once: the comparison of the workspace at ``head`` with
+    revision ``base``, as text per section and figures drawn only when written."""
+
+    head: str
+    base: str
+    base_commit: str
+    verdict: str
+    significance: str
+    checks: Sequence[str]
+    # `dvc metrics diff --md` and `dvc params diff --md`: markdown tables, "" when nothing changed
+    metrics_diff: str
+    params_diff: str
+    per_class: Sequence[str]
+    costs: Sequence[str]
+    curves: Sequence[Block]
+    confusion: Sequence[Block]
+    changed: Sequence[Block]
+
+    @classmethod
+    def build(cls, base: str) -> Report:
+        """Compare the pipeline results in the working tree with those committed at ``base``."""
+        params = load_params()
+        base_commit = _resolve(base)
+        metrics = gate.read_metrics()
+        old, new = base_side(base), workspace_side(metrics)
+        decision = gate.evaluate(params, metrics, registry.open_registry())
+        old_predictions, new_predictions = predictions(old), predictions(new)
+        result = (
+            compare.compare_predictions(old_predictions, new_predictions)
+            if old_predictions and new_predictions
+            else None
+        )
+        return cls(
+            head=vcs.git_or_none("rev-parse", "--short", "HEAD") or "?",
+            base=base,
+            base_commit=base_commit,
+            verdict=verdict(old, new, decision),
+            significance=significance(result, old),
+            checks=_gate_lines(decision),
+            metrics_diff=vcs.dvc("metrics", "diff", "--md", base),
+            params_diff=vcs.dvc("params", "diff", "--md", base),
+            per_class=per_class_table(old, new),
+            costs=cost_table(base, base_commit),
+            curves=_curves([old, new]),
+            confusion=_confusion_matrices({"base": old, WORKSPACE: new}),
+            changed=changed_examples(old_predictions, new_predictions, result),
+        )
+
+    def figures(self) -> list[Figure]:
+        """Every figure, in the order the report shows them."""
+        found: list[Figure] = []
+        for block in (*self.curves, *self.confusion, *self.changed):
+            if isinstance(block, Figure):
+                found.append(block)
+            elif isinstance(block, FigureRow):
+                found.extend(block.figures)
+        return found
+
+    def render(self, figures: str | None) -> str:
+        """The markdown; each figure linked under ``figures``, the folder of its PNG relative to
+        the report, or with None named in words (for a text that travels without the files)."""
+
+        def lines(blocks: Sequence[Block]) -> list[str]:
+            shown: list[str] = []
+            for block in blocks:
+                if isinstance(block, Figure):
+                    shown.append(block.markdown(figures))
+                elif isinstance(block, FigureRow):
+                    shown += block.markdown(figures)
+                else:
+                    shown.append(block)
+            return shown
+
+        return "\n".join(
+            [
+                "# Model report",
+                "",
+                f"The {WORKSPACE} at `{self.head}` compared with `{self.base}` (`{self.base_commit[:7]}`).",
+                "",
+                self.verdict,
+                "",
+                self.significance,
+                "",
+                *self.checks,
+                "",
+                "## Metrics",
+                "",
+                self.metrics_diff or "No metric changed.",
+                "",
+                "## Params",
+                "",
+                self.params_diff or "No param changed.",
+                "",
+                "## Per-class changes (test split)",
+                "",
+                *self.per_class,
+                "",
+                "## Cost",
+                "",
+                *self.costs,
+                "",
+                "## Training curves",
+                "",
+                *lines(self.curves),
+                "",
+                "## Confusion matrix (test split)",
+                "",
+                *lines(self.confusion),
+                "",
+                "## Examples that changed verdict",
+                "",
+                *lines(self.changed),
+                "",
+            ]
+        )
+
+    def write(self, out: Path) -> None:
+        """Draw the figures into the folder named after ``out`` (reports/report.md ->
+        reports/report/), replacing it whole, then write the markdown linking them to ``out``."""
+        folder = out.with_suffix("")
+        with atomic.replace_dir(folder) as staging:
+            for figure in self.figures():
+                figure.draw(staging / figure.file)
+        atomic.write_text(out, self.render(folder.name))
+
+
+def write_report(base: str, out: Path) -> str:
+    """Write the report comparing the workspace with revision ``base`` to ``out``; return the verdict."""
+    if out.suffix != ".md":
+        raise ReportError(f"--out {out}: the report is markdown; name it *.md")
+    report = Report.build(base)
+    report.write(out)
+    return report.verdict
 
 
 @dataclass(frozen=True)
@@ -64,11 +242,6 @@ def _resolve(rev: str) -> str:
 def _git_file(rev: str, path: Path) -> str | None:
     """A file's text at ``rev`` (relative to the current directory); None if it is not there."""
     return vcs.git_or_none("show", f"{rev}:./{path.as_posix()}")
-
-
-def _dvc_diff(kind: str, rev: str) -> str:
-    """`dvc <kind> diff --md <rev>`: a markdown table, or "" when nothing changed."""
-    return vcs.dvc(kind, "diff", "--md", rev)
 
 
 def _workspace_file(path: Path) -> str | None:
@@ -169,31 +342,31 @@ def _gate_lines(decision: gate.Decision) -> list[str]:
     return lines
 
 
-def _curves(folder: Path, link: str, sides: Sequence[Side]) -> list[str]:
-    """Both sides' training curves in one figure; the markdown that shows it from ``link``."""
+def _curves(sides: Sequence[Side]) -> list[Block]:
+    """Both sides' training curves in one figure."""
     histories = {side.label: _columns(side.history) for side in sides if side.history}
     if not histories:
         return [f"No {paths.TRAIN_HISTORY_FILE} on either side."]
-    plots.curves_png(folder / CURVES_PNG, histories, "training")
-    return [f"![training curves, {' vs '.join(histories)}]({link}/{CURVES_PNG})"]
+    draw = partial(plots.curves_png, series=histories, title="training")
+    return [Figure(f"training curves, {' vs '.join(histories)}", CURVES_PNG, draw)]
 
 
-def _confusion_matrices(folder: Path, link: str, sides: Mapping[str, Side]) -> list[str]:
+def _confusion_matrices(sides: Mapping[str, Side]) -> list[Block]:
     """One confusion matrix per side (``sides`` maps a file name part to it), side by side."""
     classes = class_order(list(sides.values()))
-    header, images = [], []
+    captions, figures = [], []
     for name, side in sides.items():
         if side.predictions is None:
             continue
-        file = f"confusion_{name}.png"
         accuracy = _headline(side.metrics)
         title = side.label + (f" (accuracy {accuracy:.4f})" if accuracy is not None else "")
-        plots.confusion_matrix_png(folder / file, confusion(side.predictions, classes), classes, title)
-        header.append(side.label)
-        images.append(f"![confusion matrix, {side.label}]({link}/{file})")
-    if not header:
+        matrix = confusion(side.predictions, classes)
+        draw = partial(plots.confusion_matrix_png, matrix=matrix, classes=classes, title=title)
+        captions.append(side.label)
+        figures.append(Figure(f"confusion matrix, {side.label}", f"confusion_{name}.png", draw))
+    if not figures:
         return [f"No {paths.PREDICTIONS_FILE} on either side."]
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(images) + " |"]
+    return [FigureRow(captions, figures)]
 
 
 def predictions(side: Side) -> compare.Predictions | None:
@@ -266,18 +439,16 @@ def per_class_table(base: Side, workspace: Side) -> list[str]:
 
 
 def changed_examples(
-    folder: Path,
-    link: str,
     old: compare.Predictions | None,
     new: compare.Predictions | None,
     result: compare.Comparison | None,
-) -> list[str]:
+) -> list[Block]:
     """Grids of the test images that went right → wrong and wrong → right (paired only)."""
     if old is None or new is None or result is None or not result.paired:
         return ["Not shown: the two sides' test examples cannot be paired."]
     actual = new.actual
     now_wrong, now_right = compare.changed_verdicts(actual, old.predicted, new.predicted)
-    lines = [f"{len(now_wrong)} right → wrong, {len(now_right)} wrong → right."]
+    lines: list[Block] = [f"{len(now_wrong)} right → wrong, {len(now_right)} wrong → right."]
     if not now_wrong and not now_right:
         return lines
     try:
@@ -298,15 +469,15 @@ def changed_examples(
         if not indices:
             continue
         chosen = indices[:CHANGED_SHOWN]
-        plots.misclassified_png(
-            folder / file,
-            test.images[chosen],
-            [actual[i] for i in chosen],
-            [shown_prediction[i] for i in chosen],
-            CHANGED_SHOWN,
+        draw = partial(
+            plots.misclassified_png,
+            images=test.images[chosen],
+            true=[actual[i] for i in chosen],
+            predicted=[shown_prediction[i] for i in chosen],
+            limit=CHANGED_SHOWN,
         )
         more = f", first {CHANGED_SHOWN} of {len(indices)}" if len(indices) > CHANGED_SHOWN else ""
-        lines += ["", f"**{title}**{more}:", "", f"![{title}]({link}/{file})"]
+        lines += ["", f"**{title}**{more}:", "", Figure(title, file, draw)]
     return lines
 
 
@@ -360,75 +531,3 @@ def cost_table(base_label: str, base_commit: str) -> list[str]:
             f"The package of `{base_label}` is unavailable ({missing}): only the workspace's is shown.",
         ]
     return lines
-
-
-def write_report(base: str, out: Path) -> str:
-    """Write the report comparing the workspace with revision ``base`` to ``out``; return the verdict.
-
-    The figures go to a folder named after ``out`` (reports/report.md -> reports/report/).
-    """
-    if out.suffix != ".md":
-        raise ReportError(f"--out {out}: the report is markdown; name it *.md")
-    params = load_params()
-    base_commit = _resolve(base)
-    head = vcs.git_or_none("rev-parse", "--short", "HEAD") or "?"
-    metrics = gate.read_metrics()
-    old, new = base_side(base), workspace_side(metrics)
-    decision = gate.evaluate(params, metrics, registry.open_registry())
-    metrics_diff, params_diff = _dvc_diff("metrics", base), _dvc_diff("params", base)
-    summary = verdict(old, new, decision)
-    old_predictions, new_predictions = predictions(old), predictions(new)
-    result = (
-        compare.compare_predictions(old_predictions, new_predictions)
-        if old_predictions and new_predictions
-        else None
-    )
-
-    folder = out.with_suffix("")
-    with atomic.replace_dir(folder) as staging:
-        curves = _curves(staging, folder.name, [old, new])
-        matrices = _confusion_matrices(staging, folder.name, {"base": old, WORKSPACE: new})
-        changed = changed_examples(staging, folder.name, old_predictions, new_predictions, result)
-    costs = cost_table(base, base_commit)
-    lines = [
-        "# Model report",
-        "",
-        f"The {WORKSPACE} at `{head}` compared with `{base}` (`{base_commit[:7]}`).",
-        "",
-        summary,
-        "",
-        significance(result, old),
-        "",
-        *_gate_lines(decision),
-        "",
-        "## Metrics",
-        "",
-        metrics_diff or "No metric changed.",
-        "",
-        "## Params",
-        "",
-        params_diff or "No param changed.",
-        "",
-        "## Per-class changes (test split)",
-        "",
-        *per_class_table(old, new),
-        "",
-        "## Cost",
-        "",
-        *costs,
-        "",
-        "## Training curves",
-        "",
-        *curves,
-        "",
-        "## Confusion matrix (test split)",
-        "",
-        *matrices,
-        "",
-        "## Examples that changed verdict",
-        "",
-        *changed,
-        "",
-    ]
-    atomic.write_text(out, "\n".join(lines))
-    return summary

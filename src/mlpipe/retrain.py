@@ -21,7 +21,6 @@ import errno
 import fcntl
 import hashlib
 import logging
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -34,6 +33,7 @@ from mlpipe import gate, paths, registry, vcs
 from mlpipe.errors import MlpipeError
 from mlpipe.gitlab import GitLab, MergeRequest
 from mlpipe.params import Params
+from mlpipe.report import Report
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ VERSION_LENGTH = 12
 LOCK_FILE = Path(".dvc/tmp/mlpipe-retrain.lock")
 # where `mlpipe report` writes by default (gitignored, with its figures beside it)
 REPORT_FILE = paths.REPORTS_DIR / "report.md"
-_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 
 
 class RetrainError(MlpipeError):
@@ -219,9 +218,9 @@ def _push_new_branch(remote: str, branch: str) -> bool:
     return True
 
 
-def description(data: Import, previous: str, decision: gate.Decision, report: str) -> str:
-    """The merge request's description: what changed in the data, then the report."""
-    body = _IMAGE.sub(lambda m: f"*({m.group(1)}: in the merge request pipeline's report)*", report)
+def description(data: Import, previous: str, decision: gate.Decision, report: Report) -> str:
+    """The merge request's description: what changed in the data, then the report, each figure
+    named in words (a description cannot show the report's image files)."""
     return "\n".join(
         [
             f"New data in `{data.dvc_file.with_suffix('')}` (imported from `{data.source}`): "
@@ -231,7 +230,7 @@ def description(data: Import, previous: str, decision: gate.Decision, report: st
             "Merging makes the base branch's pipeline judge this model again and promote it to "
             f"`{registry.CHAMPION}`.",
             "",
-            body,
+            report.render(figures=None),
         ]
     )
 
@@ -303,10 +302,9 @@ def _retrain(
         unchanged = ", ".join(sorted(missing))
         raise RetrainError(f"retrain failed at committing the results: {unchanged} unchanged")
 
-    from mlpipe.report import write_report
-
     with _step("`mlpipe report`"):
-        write_report(start_commit, REPORT_FILE)
+        report = Report.build(start_commit)
+        report.write(REPORT_FILE)
 
     from mlpipe import runcache
 
@@ -324,7 +322,7 @@ def _retrain(
             base,
             ("" if decision.passed else "Draft: ")
             + f"Retrain on new data {after.version} ({after.dvc_file.with_suffix('').name})",
-            description(after, before.version, decision, REPORT_FILE.read_text(encoding="utf-8")),
+            description(after, before.version, decision, report),
             labels="retrain",
         )
     except MlpipeError as e:

@@ -11,6 +11,7 @@ from mlpipe import gate
 from mlpipe.gitlab import GitLab, GitLabError
 from mlpipe.params import parse_params
 from mlpipe.retrain import Import, RetrainError, description, dvc_file
+from tests.unit.test_report_markdown import example_report
 
 IMPORT = {
     "md5": "bd2270c447e18c312935d8f6ee2e50dc",
@@ -69,14 +70,15 @@ def test_the_dataset_comes_from_data_source() -> None:
         dvc_file(parse_params({}))
 
 
-def test_the_description_names_the_versions_and_keeps_no_relative_image_links(tmp_path: Path) -> None:
+def test_the_description_names_the_versions_and_holds_the_report_without_image_links(tmp_path: Path) -> None:
     data = Import.read(write(tmp_path / "digits.dvc", IMPORT))
     decision = gate.decide({"test_accuracy": 0.99, "test_macro_f1": 0.98}, parse_params({}).gate, None)
-    text = description(data, "0123456789ab", decision, "# Model report\n\n![curves, a vs b](report/c.png)\n")
+    report = example_report()
+    text = description(data, "0123456789ab", decision, report)
     assert "version `0123456789ab` → `6ea46d53348e`" in text
     assert decision.summary() in text
-    assert "*(curves, a vs b: in the merge request pipeline's report)*" in text
-    assert "](report/" not in text
+    assert text.endswith("\n" + report.render(figures=None))
+    assert "](" not in text
 
 
 def test_gitlab_settings_come_from_the_ci_environment() -> None:
