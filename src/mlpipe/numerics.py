@@ -80,4 +80,4 @@ def configure_torch(numerics: Numerics) -> None:
     if numerics == "native":
         return
     torch.set_num_threads(PORTABLE_THREADS)
-    torch.backends.mkldnn.enabled = False
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # a flag, typed as its descriptor

@@ -324,7 +324,9 @@ def _headline(metrics: Mapping[str, float] | None) -> float | None:
 def verdict(base: Side, workspace: Side, decision: gate.Decision) -> str:
     """One line: the headline metric old → new with its change, and the gate's decision."""
     new, old = _headline(workspace.metrics), _headline(base.metrics)
-    if old is None:
+    if new is None:
+        change = f"{gate.HEADLINE} missing from {workspace.label}'s {paths.METRICS_FILE}"
+    elif old is None:
         change = (
             f"{gate.HEADLINE} {new:.4f} (no baseline: `{base.label}` has no "
             f"{paths.METRICS_FILE} yet; first merge request?)"
@@ -433,7 +435,7 @@ def per_class_table(base: Side, workspace: Side) -> list[str]:
     for change in changes:
         old, new = change.old or (None,) * 3, change.new or (None,) * 3
         cells = [_old_new(o, n) for o, n in zip(old, new, strict=True)]
-        delta = f"{new[2] - old[2]:+.4f}" if change.old and change.new else "-"
+        delta = f"{change.new[2] - change.old[2]:+.4f}" if change.old and change.new else "-"
         lines.append(f"| {change.name} | {' | '.join(cells)} | {delta} |")
     return lines
 

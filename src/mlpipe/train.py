@@ -133,8 +133,8 @@ def fit(
     optimizer, schedule = optimisation(model, params, steps_per_epoch=-(-len(train.labels) // batch_size))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
     amp = params.amp and device.type == "cuda"
-    step_model = world.wrap(model, device)
-    step_model = torch.compile(step_model) if params.compile else step_model
+    wrapped = world.wrap(model, device)
+    step_model = torch.compile(wrapped) if params.compile else wrapped
     for epoch in range(1, params.epochs + 1):
         model.train()
         order = torch.randperm(len(train.labels), generator=generator).to(device)
@@ -170,7 +170,7 @@ def fit(
             train_accuracy=float(correct) / max(seen, 1),
             val_loss=val_loss,
             val_accuracy=val_accuracy,
-            lr=schedule.get_last_lr()[0],
+            lr=float(schedule.get_last_lr()[0]),
         )
 
 
