@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mlpipe import numerics, paths
-from mlpipe.params import Params, load_params
+from mlpipe.core import numerics, paths
+from mlpipe.core.params import Params, load_params
 
 if TYPE_CHECKING:
     import torch
 
-    from mlpipe.train import Tensors
+    from mlpipe.ml.train import Tensors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def bare_loop(
     import torch
     from torch import nn
 
-    from mlpipe.train import VALIDATION_BATCH_SIZE, optimisation
+    from mlpipe.ml.train import VALIDATION_BATCH_SIZE, optimisation
 
     settings = params.train
     steps_per_epoch = -(-len(train.labels) // settings.batch_size)
@@ -100,11 +100,11 @@ def main() -> None:
     import torch
     from benchmarks.storage import machine, working_directory
 
-    from mlpipe import prepare
-    from mlpipe.data import read_schema, read_split
-    from mlpipe.model import Checkpoint, ConvNet, save_checkpoint
-    from mlpipe.preprocessing import Preprocessing
-    from mlpipe.train import Tensors, fit, seed_everything
+    from mlpipe.contracts.data import read_schema, read_split
+    from mlpipe.contracts.preprocessing import Preprocessing
+    from mlpipe.ml import prepare
+    from mlpipe.ml.model import Checkpoint, ConvNet, save_checkpoint
+    from mlpipe.ml.train import Tensors, fit, seed_everything
 
     numerics.configure_torch(params.train.numerics)
     device = torch.device("cpu")

@@ -29,8 +29,8 @@ from benchmarks.serve import http_request, open_loop, wrk
 from tests.monitoring import DASHBOARD, RULES_FILE, short_rules
 from tests.servers import mlpipe_server, prometheus_server
 
-from mlpipe import drift
-from mlpipe.data import read_split
+from mlpipe.contracts import drift
+from mlpipe.contracts.data import read_split
 
 RATE_INTERVAL = "10s"
 PICTURE = Path("docs/monitoring/dashboard.png")

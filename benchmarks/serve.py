@@ -36,7 +36,7 @@ import numpy as np
 from benchmarks.machine import describe
 from tests.servers import LOOPBACK, Child, ServerError, child_process, free_port, http_ok
 
-from mlpipe.data import read_split
+from mlpipe.contracts.data import read_split
 from mlpipe.serving.model import ImageClassifier
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent

@@ -35,10 +35,12 @@ import numpy as np
 from benchmarks.machine import describe
 from tests import servers
 
-from mlpipe import atomic, paths, prepare, tracking, train
-from mlpipe.data import LabeledImages, Schema, write_split
-from mlpipe.lineage import directory_digest
-from mlpipe.params import Params, load_params
+from mlpipe.contracts.data import LabeledImages, Schema, write_split
+from mlpipe.core import atomic, paths
+from mlpipe.core.lineage import directory_digest
+from mlpipe.core.params import Params, load_params
+from mlpipe.ml import prepare, train
+from mlpipe.tracking import runs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FASHION_MNIST_IMAGES, IMAGE_SHAPE, CLASSES = 70_000, (28, 28), 10
@@ -157,8 +159,8 @@ def timing_mlflow() -> Iterator[tuple[CallTimer, CallTimer, CallTimer]]:
     for name, member in vars(MlflowClient).items():
         if inspect.isfunction(member) and not name.startswith("_"):
             patch(MlflowClient, name, every)
-    patch(tracking, "client", every)
-    patch(tracking.EpochLog, "flush", epochs)
+    patch(runs, "client", every)
+    patch(runs.EpochLog, "flush", epochs)
     patch(train, "fit", loop, iterates=True)
     try:
         yield every, epochs, loop

@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 from benchmarks.machine import describe
 
-from mlpipe import prefork
+from mlpipe.workflows.tuning import prefork
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,8 +78,8 @@ def study_rows(project: Path, study: str) -> list[tuple[int, float, float, float
 # Lines a trial prints, in order, that mark where its time goes (DVC's and the stages' logs).
 MILESTONES = (
     ("DVC: start-up, temporary copy, stage collection", "Running stage 'train'"),
-    ("train: fork, MLflow store, data", "mlpipe.train: training on"),
-    ("train: fit loop", "mlpipe.train: wrote"),
+    ("train: fork, MLflow store, data", "mlpipe.ml.train: training on"),
+    ("train: fit loop", "mlpipe.ml.train: wrote"),
     ("train: exit (artifacts to MLflow); DVC saves its outputs", "Running stage 'evaluate'"),
     ("evaluate: fork, test set, plots; DVC commits the experiment", "Ran experiment"),
 )
@@ -92,7 +92,7 @@ STARTUPS = {
         "import mlpipe.cli",
         "import torch",
         "import mlflow",
-        "from mlpipe import tracking; tracking.close_abandoned_runs(tracking.client())",
+        "from mlpipe.tracking import runs; runs.close_abandoned_runs(runs.client())",
     ],
     "mlpipe evaluate": [
         "import mlpipe.cli",
@@ -117,7 +117,7 @@ def startup_costs(project: Path) -> list[tuple[str, str, float]]:
 
 def breakdown(project: Path, name: str, assignment: str) -> list[tuple[str, float]]:
     """Seconds between the milestones of one trial's experiment, the command `mlpipe tune` runs."""
-    command = [sys.executable, "-m", "mlpipe.tuning.experiment", name, "evaluate", assignment]
+    command = [sys.executable, "-m", "mlpipe.workflows.tuning.experiment", name, "evaluate", assignment]
     started = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from mlpipe.paths import NO_LOCAL_SOURCE
-from mlpipe.verify import checkout_files
+from mlpipe.core.paths import NO_LOCAL_SOURCE
+from mlpipe.workflows.verify import checkout_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent

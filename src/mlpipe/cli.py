@@ -12,9 +12,10 @@ from typing import Annotated, Literal
 
 import typer
 
-from mlpipe import numerics, paths
-from mlpipe.errors import MlpipeError
-from mlpipe.params import Params, load_params
+from mlpipe.core import numerics, paths
+from mlpipe.core.errors import MlpipeError
+from mlpipe.core.params import Params, load_params
+from mlpipe.workflows.tuning import prefork
 
 app = typer.Typer(
     name="mlpipe",
@@ -59,7 +60,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 def prepare() -> None:
     """Load the dataset named in params.yaml and write the train/val/test split to data/prepared/."""
     params = _pinned_params()
-    from mlpipe import prepare as stage
+    from mlpipe.ml import prepare as stage
 
     _run_stage(stage.run, params)
 
@@ -68,8 +69,8 @@ def prepare() -> None:
 def train() -> None:
     """Train the CNN; write models/model.pt and the training history and metrics."""
     params = _pinned_params()
-    from mlpipe import distributed
-    from mlpipe import train as stage
+    from mlpipe.core import distributed
+    from mlpipe.ml import train as stage
 
     # train.nproc_per_node > 1: run this same command under torchrun, one process per rank.
     device = stage.select_device(params.train.device)
@@ -81,7 +82,7 @@ def train() -> None:
 def evaluate() -> None:
     """Score the model on the test split; write reports/metrics.json, predictions and figures."""
     params = _pinned_params()
-    from mlpipe import evaluate as stage
+    from mlpipe.ml import evaluate as stage
 
     _run_stage(stage.run, params)
 
@@ -90,7 +91,7 @@ def evaluate() -> None:
 def package() -> None:
     """Export models/package/ (ONNX + manifest + model card) and register it in MLflow."""
     params = _pinned_params()
-    from mlpipe import package as stage
+    from mlpipe.ml import package as stage
 
     _run_stage(stage.run, params)
 
@@ -136,7 +137,7 @@ def report(
     ] = Path("reports/report.md"),
 ) -> None:
     """Write a report for reviewers: verdict, metrics and params diff against BASE, plots old vs new."""
-    from mlpipe.report import write_report
+    from mlpipe.workflows.report import write_report
 
     typer.echo(write_report(base, out))
     log.info("wrote %s", out)
@@ -149,7 +150,7 @@ def gate(
     ] = False,
 ) -> None:
     """Check the candidate against params.yaml's `gate` thresholds and the registered champion."""
-    from mlpipe import gate as gating
+    from mlpipe.workflows import gate as gating
 
     typer.echo(gating.run(load_params(), promote_on_pass=promote))
 
@@ -157,7 +158,7 @@ def gate(
 @app.command()
 def rollback() -> None:
     """Point `champion` back at the `previous` model version (then redeploy it)."""
-    from mlpipe import registry
+    from mlpipe.tracking import registry
 
     client = registry.require_registry()
     rolled_back, restored = registry.rollback(client, load_params().package.model_name)
@@ -169,7 +170,7 @@ def model_uri(
     alias: Annotated[str, typer.Option(help="Registry alias of the model version.")] = "champion",
 ) -> None:
     """Print where the package of the version holding ALIAS is stored (what a deployment serves)."""
-    from mlpipe import registry
+    from mlpipe.tracking import registry
 
     typer.echo(registry.package_uri(registry.require_registry(), load_params().package.model_name, alias))
 
@@ -177,7 +178,7 @@ def model_uri(
 @app.command()
 def verify() -> None:
     """Rebuild every stage from scratch in a temporary copy and compare each output with dvc.lock."""
-    from mlpipe import verify as verification
+    from mlpipe.workflows import verify as verification
 
     typer.echo(verification.run())
 
@@ -190,7 +191,7 @@ app.add_typer(runcache_app, name="runcache")
 def runcache_push() -> None:
     """`dvc push --run-cache`, plus the outputs another clone's restore fetches from the default
     remote (the metrics and plots kept in git among them): what CI runs after `dvc repro`."""
-    from mlpipe import runcache
+    from mlpipe.workflows import runcache
 
     result = runcache.push(Path.cwd())
     typer.echo(f"{result.transferred} files pushed; {result.outputs} outputs beside the run cache")
@@ -217,7 +218,7 @@ def drift(
     ] = None,
 ) -> None:
     """Compare a batch of images with the package's training profile; exit 1 if they drifted."""
-    from mlpipe import drift as drifting
+    from mlpipe.contracts import drift as drifting
 
     batch = drifting.load_images(images) if images else drifting.load_split(data_dir, split)
     profile = drifting.read_profile(model_dir)
@@ -258,8 +259,8 @@ def tune(
     """Run (or continue) the study in tune.db; print the best trial and how to keep it."""
     if ctx.invoked_subcommand is not None:
         return
-    from mlpipe.tuning.space import load_space
-    from mlpipe.tuning.study import Tuner, summary
+    from mlpipe.workflows.tuning.space import load_space
+    from mlpipe.workflows.tuning.study import Tuner, summary
 
     space = load_space()
     first = [space.parse_assignments(text) for text in enqueue or []]
@@ -282,9 +283,9 @@ def tune_katib(
     gpus: Annotated[int, typer.Option(min=0, help="GPUs per trial pod.")] = 0,
 ) -> None:
     """Print tune.yaml as a Katib Experiment (YAML); `kubectl apply -f -` submits it."""
-    from mlpipe import vcs
-    from mlpipe.tuning.katib import experiment, to_yaml
-    from mlpipe.tuning.space import load_space
+    from mlpipe.core import vcs
+    from mlpipe.workflows.tuning.katib import experiment, to_yaml
+    from mlpipe.workflows.tuning.space import load_space
 
     def from_git(*args: str) -> str:
         try:
@@ -311,7 +312,7 @@ def tune_trial(
     ] = None,
 ) -> None:
     """One Katib trial: apply the params, run prepare, train, evaluate; print `name=value` metrics."""
-    from mlpipe.tuning.katib import run_trial
+    from mlpipe.workflows.tuning.katib import run_trial
 
     for line in run_trial(set_ or []):
         typer.echo(line)
@@ -329,8 +330,8 @@ def retrain(
     ] = True,
 ) -> None:
     """If the imported raw data changed upstream: retrain, push a branch and open a merge request."""
-    from mlpipe import retrain as retraining
-    from mlpipe.gitlab import GitLab
+    from mlpipe.integrations.gitlab import GitLab
+    from mlpipe.workflows import retrain as retraining
 
     gitlab = GitLab.from_env() if merge_request else None
     typer.echo(retraining.run(load_params(), base=base, remote=remote, gitlab=gitlab).message)
@@ -357,7 +358,7 @@ def deploy_manifest(
     deploy_dir: DeployDirOption = paths.DEPLOY_DIR,
 ) -> None:
     """The InferenceService and its ServiceAccount for ENV, rendered by `kubectl kustomize`."""
-    from mlpipe import deploy
+    from mlpipe.integrations import deploy
 
     manifests = deploy.render_manifests(
         env, image, storage_uri, deploy.parse_canary(canary), model_name or None, deploy_dir
@@ -368,7 +369,7 @@ def deploy_manifest(
 @deploy_app.command("secret")
 def deploy_secret(env: EnvArgument = "", deploy_dir: DeployDirOption = paths.DEPLOY_DIR) -> None:
     """The S3 credentials Secret for ENV's namespace, from the S3_* and AWS_* environment variables."""
-    from mlpipe import deploy
+    from mlpipe.integrations import deploy
 
     typer.echo(deploy.dump([deploy.render_secret(env, deploy_dir=deploy_dir)]), nl=False)
 
@@ -390,7 +391,7 @@ def kfp_compile(
     memory: Annotated[str, typer.Option(help="Memory request of the train task.")] = "16Gi",
 ) -> None:
     """Compile dvc.yaml into a Kubeflow Pipeline: one task per stage, in dvc.yaml's order."""
-    from mlpipe import kfp_pipeline
+    from mlpipe.integrations import kfp_pipeline
 
     resources = kfp_pipeline.Resources(gpus=gpus, cpu=cpu, memory=memory)
     kfp_pipeline.compile_pipeline(out, paths.DVC_YAML, image, resources)
@@ -407,7 +408,7 @@ def kfp_run(
     ] = None,
 ) -> None:
     """Run the pipeline here with KFP's local runner: each task runs its DVC stage in this project."""
-    from mlpipe import kfp_pipeline
+    from mlpipe.integrations import kfp_pipeline
 
     if not local:
         raise MlpipeError(
@@ -427,7 +428,7 @@ def kfp_submit(
     poll: Annotated[float, typer.Option(help="Seconds between two looks at the run's state.")] = 10,
 ) -> None:
     """Submit the compiled pipeline to KFP_HOST (token: KFP_TOKEN), wait, fail if the run fails."""
-    from mlpipe import kfp_pipeline
+    from mlpipe.integrations import kfp_pipeline
 
     host = os.environ.get("KFP_HOST")
     if not host:
@@ -461,7 +462,12 @@ def _run_stage(run: Callable[[Params], None], params: Params) -> None:
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit status 1."""
+    """The `mlpipe` command. Under `mlpipe tune`, a stage command runs in a child of the tuner's
+    warm server (mlpipe.workflows.tuning.prefork) when one is set; user errors become one line
+    on stderr and exit status 1."""
+    status = prefork.delegate(sys.argv[1:], entry=f"{__name__}:main")
+    if status is not None:
+        sys.exit(status)
     try:
         app()
     except MlpipeError as e:

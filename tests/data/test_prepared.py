@@ -5,10 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlpipe import paths, prepare
-from mlpipe.data import read_schema, read_split
-from mlpipe.errors import ArtifactError
-from mlpipe.params import parse_params
+from mlpipe.contracts.data import read_schema, read_split
+from mlpipe.core import paths
+from mlpipe.core.errors import ArtifactError
+from mlpipe.core.params import parse_params
+from mlpipe.ml import prepare
 
 DIGITS_COUNT = 1797
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mlpipe.kfp_pipeline import compile_pipeline
+from mlpipe.integrations.kfp_pipeline import compile_pipeline
 from tests.conftest import REPO_ROOT, run
 from tests.servers import LOOPBACK, free_port, threaded_http_server
 

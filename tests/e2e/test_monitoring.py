@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from mlpipe import drift
+from mlpipe.contracts import drift
 from mlpipe.serving.model_package import read_package
 from mlpipe.serving.server import default_max_body_bytes
 from tests.conftest import require, run

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mlpipe import lineage
+from mlpipe.core import lineage
 from tests.conftest import MODEL_NAME, TINY_PARAMS, make_project, run, update_params
 
 pytestmark = pytest.mark.slow
@@ -212,8 +212,8 @@ def test_lineage_inputs_cover_the_code_and_the_dataset_the_stages_run(tmp_path: 
     assert {
         "params.yaml",
         TINY_PARAMS["data"]["source"],
-        "src/mlpipe/train.py",
-        "src/mlpipe/package.py",
+        "src/mlpipe/ml/train.py",
+        "src/mlpipe/ml/package.py",
     } <= set(inputs)
 
 

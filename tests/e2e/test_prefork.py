@@ -1,4 +1,4 @@
-"""Warm stage processes (mlpipe.prefork): a real server forking real stage commands in a
+"""Warm stage processes (mlpipe.workflows.tuning.prefork): a real server forking real stage commands in a
 throwaway project on tiny params, compared with the same commands in fresh processes."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mlpipe import prefork
+from mlpipe.workflows.tuning import prefork
 from tests.conftest import make_project, run, subprocess_env, update_params
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mlpipe import evaluate, package, prepare, train
-from mlpipe.params import parse_params
+from mlpipe.core.params import parse_params
+from mlpipe.ml import evaluate, package, prepare, train
 from tests.conftest import TINY_PARAMS
 
 

@@ -14,8 +14,8 @@ import numpy as np
 from kserve.protocol.infer_type import InferRequest
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 
-from mlpipe import paths, tables
-from mlpipe.manifest import MANIFEST_FILE, PackageManifest
+from mlpipe.contracts.manifest import MANIFEST_FILE, PackageManifest
+from mlpipe.core import paths, tables
 
 PACKAGE = paths.PACKAGE_DIR
 

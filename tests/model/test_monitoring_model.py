@@ -10,9 +10,9 @@ import pytest
 from kserve.errors import InvalidInput
 from prometheus_client import REGISTRY
 
-from mlpipe import drift
-from mlpipe.errors import ArtifactError
-from mlpipe.manifest import PROFILE_FILE
+from mlpipe.contracts import drift
+from mlpipe.contracts.manifest import PROFILE_FILE
+from mlpipe.core.errors import ArtifactError
 from mlpipe.serving.edge import MONITOR_KEY, reject
 from mlpipe.serving.model import ImageClassifier
 from tests.model.serving_cases import PACKAGE, infer_request, prepared_test_images, v2_body

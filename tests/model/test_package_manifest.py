@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mlpipe import paths, tables
-from mlpipe.manifest import CARD_FILE, MANIFEST_FILE, PackageManifest
+from mlpipe.contracts.manifest import CARD_FILE, MANIFEST_FILE, PackageManifest
+from mlpipe.core import paths, tables
 from tests.model.serving_cases import PACKAGE
 
 

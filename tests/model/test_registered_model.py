@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlpipe import registry
+from mlpipe.tracking import registry
 from tests.model.serving_cases import Spec, evaluate_predictions, prepared_test_images
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlpipe.errors import MlpipeError
+from mlpipe.core.errors import MlpipeError
 from mlpipe.serving.model_package import InputSpec
 from mlpipe.serving.server import build_parser, default_max_body_bytes, main
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from kserve.errors import InvalidInput
 
-from mlpipe.errors import ArtifactError
+from mlpipe.core.errors import ArtifactError
 from mlpipe.serving.model import ImageClassifier
 from tests.model.serving_cases import (
     BAD_REQUEST_IDS,

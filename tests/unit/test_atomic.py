@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlpipe import atomic
+from mlpipe.core import atomic
 
 
 def test_write_bytes_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:

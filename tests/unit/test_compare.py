@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mlpipe import compare
+from mlpipe.contracts import compare
 
 
 @pytest.mark.parametrize(

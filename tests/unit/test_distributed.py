@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from mlpipe.distributed import World, launch_command, relaunch_if_requested
-from mlpipe.errors import MlpipeError
+from mlpipe.core.distributed import World, launch_command, relaunch_if_requested
+from mlpipe.core.errors import MlpipeError
 
 
 def test_shards_are_equal_disjoint_and_cover_all_but_the_remainder() -> None:

@@ -1,4 +1,5 @@
-"""The drift profile and its PSI test (mlpipe.drift): statistics, the sliding window, the file format."""
+"""The drift profile and its PSI test (mlpipe.contracts.drift): statistics, the sliding window, the
+file format."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlpipe import drift
-from mlpipe.drift import DriftWindow, Profile
-from mlpipe.errors import ArtifactError, DataError
+from mlpipe.contracts import drift
+from mlpipe.contracts.drift import DriftWindow, Profile
+from mlpipe.core.errors import ArtifactError, DataError
 
 PIXEL_MAX = 16
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import mlpipe
-from mlpipe.export import export_onnx, verify_onnx
-from mlpipe.model import Checkpoint, ConvNet
-from mlpipe.params import ModelParams
-from mlpipe.preprocessing import Preprocessing
+from mlpipe.contracts.preprocessing import Preprocessing
+from mlpipe.core.params import ModelParams
+from mlpipe.ml.export import export_onnx, verify_onnx
+from mlpipe.ml.model import Checkpoint, ConvNet
 
 
 def _checkpoint() -> Checkpoint:

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlpipe.datasets.fashion_mnist import (
+from mlpipe.core.errors import DataError
+from mlpipe.ml.datasets.fashion_mnist import (
     CLASSES,
     FILES,
     TEST_IMAGES,
@@ -22,7 +23,6 @@ from mlpipe.datasets.fashion_mnist import (
     TRAIN_LABELS,
     load_fashion_mnist,
 )
-from mlpipe.errors import DataError
 from tests.servers import LOOPBACK, free_port
 from tests.unit.idx_writer import write_idx
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from mlpipe.errors import ArtifactError
-from mlpipe.gate import Champion, decide, read_metrics
-from mlpipe.params import GateParams
+from mlpipe.core.errors import ArtifactError
+from mlpipe.core.params import GateParams
+from mlpipe.workflows.gate import Champion, decide, read_metrics
 
 GATE = GateParams(min_test_accuracy=0.9, min_test_macro_f1=0.85, max_regression=0.005)
 

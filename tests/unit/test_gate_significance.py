@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from scipy import stats
 
-from mlpipe.compare import Predictions
-from mlpipe.gate import Champion, decide
-from mlpipe.params import GateParams
+from mlpipe.contracts.compare import Predictions
+from mlpipe.core.params import GateParams
+from mlpipe.workflows.gate import Champion, decide
 
 SIGNIFICANT = GateParams(min_test_accuracy=0.0, min_test_macro_f1=0.0, regression_test="significant")
 ACTUAL = tuple(str(i % 10) for i in range(360))
@@ -72,8 +72,8 @@ def test_without_the_champions_predictions_the_threshold_rule_applies_and_says_s
 
 @pytest.mark.parametrize("value", ["sometimes", 1])
 def test_regression_test_accepts_only_its_two_rules(value: object) -> None:
-    from mlpipe.errors import ParamsError
-    from mlpipe.params import parse_params
+    from mlpipe.core.errors import ParamsError
+    from mlpipe.core.params import parse_params
 
     with pytest.raises(ParamsError, match=r"gate\.regression_test"):
         parse_params({"gate": {"regression_test": value}})

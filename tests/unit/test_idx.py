@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlpipe.datasets.idx import read_idx
-from mlpipe.errors import DataError
+from mlpipe.core.errors import DataError
+from mlpipe.ml.datasets.idx import read_idx
 from tests.unit.idx_writer import idx_bytes, write_idx
 
 IMAGES = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)

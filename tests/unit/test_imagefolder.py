@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlpipe.datasets.imagefolder import load_imagefolder
-from mlpipe.errors import DataError
+from mlpipe.core.errors import DataError
+from mlpipe.ml.datasets.imagefolder import load_imagefolder
 
 
 def write_image(path: Path, pixels: np.ndarray) -> Path:

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
-from mlpipe.tuning.katib import STDOUT_METRIC, experiment, metric_lines, to_yaml
-from mlpipe.tuning.space import CategoricalParam, FloatParam, IntParam, load_space, parse_space
+from mlpipe.workflows.tuning.katib import STDOUT_METRIC, experiment, metric_lines, to_yaml
+from mlpipe.workflows.tuning.space import CategoricalParam, FloatParam, IntParam, load_space, parse_space
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((REPO_ROOT / "tests/data/katib/experiment-v1beta1.schema.json").read_text())

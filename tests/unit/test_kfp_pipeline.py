@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlpipe.kfp_pipeline import Resources, compile_pipeline, read_stages
+from mlpipe.integrations.kfp_pipeline import Resources, compile_pipeline, read_stages
 from tests.conftest import REPO_ROOT, require
 
 

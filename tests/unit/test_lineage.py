@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mlpipe import lineage
+from mlpipe.core import lineage
 from tests.conftest import run
 
 INPUTS = ["params.yaml"]

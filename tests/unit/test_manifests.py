@@ -25,8 +25,8 @@ import yaml
 from kubernetes_validate.utils import latest_version
 from packaging.requirements import Requirement
 
-from mlpipe import deploy
-from mlpipe.deploy import DeployError
+from mlpipe.integrations import deploy
+from mlpipe.integrations.deploy import DeployError
 from tests.conftest import BIN_DIR, REPO_ROOT, require, run
 
 DEPLOY_DIR = REPO_ROOT / "deploy"

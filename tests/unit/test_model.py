@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlpipe.errors import ArtifactError
-from mlpipe.model import Checkpoint, ConvNet, load_checkpoint, predict_logits, save_checkpoint
-from mlpipe.params import ModelParams
-from mlpipe.preprocessing import Preprocessing
+from mlpipe.contracts.preprocessing import Preprocessing
+from mlpipe.core.errors import ArtifactError
+from mlpipe.core.params import ModelParams
+from mlpipe.ml.model import Checkpoint, ConvNet, load_checkpoint, predict_logits, save_checkpoint
 
 
 @pytest.mark.parametrize("image_shape", [(8, 8), (28, 28), (5, 7)])

@@ -19,8 +19,8 @@ from kserve.errors import InvalidInput
 from kubernetes_validate.utils import latest_version
 from prometheus_client import REGISTRY, generate_latest
 
-from mlpipe import drift
-from mlpipe.errors import MlpipeError
+from mlpipe.contracts import drift
+from mlpipe.core.errors import MlpipeError
 from mlpipe.serving import edge, metrics, server
 from mlpipe.serving.model_package import InputSpec
 from mlpipe.serving.validation import BadInput, v1_images, v2_images

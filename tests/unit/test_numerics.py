@@ -6,11 +6,11 @@ import json
 import subprocess
 import sys
 
-from mlpipe import numerics
+from mlpipe.core import numerics
 
 PIN_AND_REPORT = """
 import json, os, sys
-from mlpipe import numerics
+from mlpipe.core import numerics
 numerics.pin(sys.argv[1])
 import torch
 numerics.configure_torch(sys.argv[1])

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from mlpipe.errors import ParamsError
-from mlpipe.params import Params, load_params, parse_params
+from mlpipe.core.errors import ParamsError
+from mlpipe.core.params import Params, load_params, parse_params
 from tests.conftest import REPO_ROOT
 
 

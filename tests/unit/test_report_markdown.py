@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlpipe import plots
-from mlpipe.report import Figure, FigureRow, Report
+from mlpipe.ml import plots
+from mlpipe.workflows.report import Figure, FigureRow, Report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HISTORY = {"epoch": [1.0, 2.0], "train_loss": [0.9, 0.4], "val_loss": [1.0, 0.5], "val_accuracy": [0.7, 0.9]}

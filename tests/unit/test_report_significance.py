@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from scipy import stats
 
-from mlpipe import compare
-from mlpipe.report import Side, significance
+from mlpipe.contracts import compare
+from mlpipe.workflows.report import Side, significance
 
 BASE = Side("origin/main", None, None, None, None, None)
 ACTUAL = tuple(str(i % 10) for i in range(360))

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlpipe import gate
-from mlpipe.gitlab import GitLab, GitLabError
-from mlpipe.params import parse_params
-from mlpipe.retrain import Import, RetrainError, description, dvc_file
+from mlpipe.core.params import parse_params
+from mlpipe.integrations.gitlab import GitLab, GitLabError
+from mlpipe.workflows import gate
+from mlpipe.workflows.retrain import Import, RetrainError, description, dvc_file
 from tests.unit.test_report_markdown import example_report
 
 IMPORT = {
@@ -93,7 +93,7 @@ def test_uncommitted_changes_stop_retrain_before_it_touches_anything(
 ) -> None:
     import subprocess
 
-    from mlpipe import retrain
+    from mlpipe.workflows import retrain
 
     (tmp_path / "data/raw").mkdir(parents=True)
     write(tmp_path / "data/raw/digits.dvc", IMPORT)

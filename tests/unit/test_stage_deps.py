@@ -12,8 +12,9 @@ from tests.conftest import REPO_ROOT
 
 PACKAGE_DIR = REPO_ROOT / "src" / "mlpipe"
 # What `mlpipe <stage>` runs besides the stage's module: the CLI pins the numerics first. The CLI
-# module itself only dispatches (its other commands never run in a stage), so it is no dep.
-ENTRY_MODULES = ("mlpipe.numerics",)
+# module itself only dispatches (its other commands never run in a stage, and the tuner's
+# warm-server client it asks first only decides which process runs the stage), so it is no dep.
+ENTRY_MODULES = ("mlpipe.core.numerics",)
 
 
 def module_file(module: str) -> Path | None:
@@ -76,11 +77,11 @@ def test_a_stage_depends_on_exactly_the_code_it_runs(stage: str) -> None:
     code_deps = {d for d in definition["deps"] if d.startswith("src/") and d.endswith(".py")}
     # package data a stage reads (the model card's template) is a dep too; it must exist
     assert all((REPO_ROOT / d).is_file() for d in definition["deps"] if d.startswith("src/"))
-    runs = closure(f"mlpipe.{stage}", *ENTRY_MODULES)
+    runs = closure(f"mlpipe.ml.{stage}", *ENTRY_MODULES)
     assert sorted(runs - code_deps) == [], f"dvc.yaml: stage {stage} misses these modules it runs"
     assert sorted(code_deps - runs) == [], f"dvc.yaml: stage {stage} lists modules it does not run"
 
 
 def test_the_closure_follows_imports_inside_functions() -> None:
-    assert "src/mlpipe/datasets/fashion_mnist.py" in closure("mlpipe.prepare")
-    assert "src/mlpipe/tracking.py" in closure("mlpipe.train")
+    assert "src/mlpipe/ml/datasets/fashion_mnist.py" in closure("mlpipe.ml.prepare")
+    assert "src/mlpipe/tracking/runs.py" in closure("mlpipe.ml.train")

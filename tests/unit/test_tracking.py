@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mlpipe import tracking
+from mlpipe.tracking import runs
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +28,10 @@ def no_global_mlflow_state() -> bool:
 
 
 def test_a_run_records_through_the_client_and_sets_no_global_state(store: Path, tmp_path: Path) -> None:
-    client = tracking.client()
+    client = runs.client()
     artifact = tmp_path / "staged-17.csv"
     artifact.write_text("epoch\n1\n")
-    with tracking.run(client, run_name="train-test", tags={"mlpipe.git_commit": "abc"}) as run:
+    with runs.run(client, run_name="train-test", tags={"mlpipe.git_commit": "abc"}) as run:
         assert no_global_mlflow_state()
         run.log_params({"train.lr": 0.003})
         run.log_metrics({"val_accuracy": 0.5}, step=2)
@@ -50,8 +50,8 @@ def test_a_run_records_through_the_client_and_sets_no_global_state(store: Path, 
 
 
 def test_a_run_whose_block_fails_is_marked_failed_and_the_error_passes(store: Path) -> None:
-    client = tracking.client()
-    with pytest.raises(ValueError, match="broken"), tracking.run(client, run_name="fails") as run:
+    client = runs.client()
+    with pytest.raises(ValueError, match="broken"), runs.run(client, run_name="fails") as run:
         raise ValueError("broken")
     assert client.get_run(run.run_id).info.status == "FAILED"
 
@@ -59,8 +59,8 @@ def test_a_run_whose_block_fails_is_marked_failed_and_the_error_passes(store: Pa
 def test_active_makes_the_run_mlflows_active_run_for_its_block_only(store: Path) -> None:
     import mlflow
 
-    client = tracking.client()
-    with tracking.run(client, run_name="model-logging") as run:
+    client = runs.client()
+    with runs.run(client, run_name="model-logging") as run:
         with run.active():
             assert mlflow.active_run().info.run_id == run.run_id
             assert mlflow.get_tracking_uri() == client.tracking_uri

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlpipe.model import ConvNet
-from mlpipe.params import ModelParams, TrainParams
-from mlpipe.train import Epoch, Tensors, fit, optimisation, seed_everything
+from mlpipe.core.params import ModelParams, TrainParams
+from mlpipe.ml.model import ConvNet
+from mlpipe.ml.train import Epoch, Tensors, fit, optimisation, seed_everything
 
 CPU = torch.device("cpu")
 

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from mlpipe import deploy
+from mlpipe.integrations import deploy
 from tests.conftest import REPO_ROOT, require, run
 
 CRDS = REPO_ROOT / "tests/data/kubeflow"

@@ -10,10 +10,10 @@ import optuna
 import pytest
 import yaml
 
-from mlpipe.errors import TuningError
-from mlpipe.params import load_params, parse_params
-from mlpipe.tuning.space import load_space, parse_scalar, parse_space
-from mlpipe.tuning.study import EXPERIMENT_ATTR, METRICS_ATTR, Tuner, summary, yaml_scalar
+from mlpipe.core.errors import TuningError
+from mlpipe.core.params import load_params, parse_params
+from mlpipe.workflows.tuning.space import load_space, parse_scalar, parse_space
+from mlpipe.workflows.tuning.study import EXPERIMENT_ATTR, METRICS_ATTR, Tuner, summary, yaml_scalar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

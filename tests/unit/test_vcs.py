@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mlpipe import vcs
+from mlpipe.core import vcs
 
 
 @pytest.fixture

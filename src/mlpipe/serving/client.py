@@ -14,9 +14,9 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 
-from mlpipe import paths
-from mlpipe.data import LabeledImages, read_split
-from mlpipe.errors import MlpipeError
+from mlpipe.contracts.data import LabeledImages, read_split
+from mlpipe.core import paths
+from mlpipe.core.errors import MlpipeError
 
 log = logging.getLogger(__name__)
 

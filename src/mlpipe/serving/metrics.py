@@ -30,7 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from kserve.errors import InvalidInput
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
-from mlpipe.drift import DEFAULT_WINDOW, DriftWindow, Profile, mean_intensity
+from mlpipe.contracts.drift import DEFAULT_WINDOW, DriftWindow, Profile, mean_intensity
 from mlpipe.serving.validation import INPUT_PROBLEMS
 
 BATCH_REQUESTS = 64  # requests whose images wait to be recorded together, at most

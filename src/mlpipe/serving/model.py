@@ -19,9 +19,9 @@ from kserve import Model
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from mlpipe import drift
-from mlpipe.errors import ArtifactError
-from mlpipe.manifest import INPUT_DTYPE, ONNX_INPUT_DTYPES
+from mlpipe.contracts import drift
+from mlpipe.contracts.manifest import INPUT_DTYPE, ONNX_INPUT_DTYPES
+from mlpipe.core.errors import ArtifactError
 from mlpipe.serving.metrics import ModelMonitor, monitored
 from mlpipe.serving.model_package import InputSpec, ModelPackage, read_package
 from mlpipe.serving.validation import BadInput, v1_images, v2_images

@@ -1,6 +1,6 @@
 """Reading models/package/ (package.json + the ONNX file it names) for serving, with checks.
 
-The manifest's format is mlpipe.manifest's; this module checks a package on disk against it,
+The manifest's format is mlpipe.contracts.manifest's; this module checks a package on disk against it,
 without importing torch, so it can run in the slim serve image.
 """
 
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlpipe.errors import ArtifactError
-from mlpipe.manifest import MANIFEST_FILE, PackageManifest
-from mlpipe.manifest import PACKAGE_FORMAT as SUPPORTED_FORMAT
-from mlpipe.tables import read_json
+from mlpipe.contracts.manifest import MANIFEST_FILE, PackageManifest
+from mlpipe.contracts.manifest import PACKAGE_FORMAT as SUPPORTED_FORMAT
+from mlpipe.core.errors import ArtifactError
+from mlpipe.core.tables import read_json
 
 # The V2 datatype of each NumPy dtype a package may declare for its input.
 V2_DATATYPES = {"uint8": "UINT8", "float32": "FP32"}

@@ -24,8 +24,8 @@ from kserve.model_server import app as kserve_app
 from kserve.model_server import parser as kserve_parser
 from kserve.protocol.rest.server import RESTServer
 
-from mlpipe import drift
-from mlpipe.errors import MlpipeError
+from mlpipe.contracts import drift
+from mlpipe.core.errors import MlpipeError
 from mlpipe.serving.edge import AccessLog, install
 from mlpipe.serving.metrics import ModelMonitor
 from mlpipe.serving.model import DEFAULT_THREADS, ImageClassifier

@@ -1,0 +1,244 @@
+"""Input drift: the training data's reference profile, and the test that compares inputs with it.
+
+The statistic is the per-image mean intensity (mean pixel / pixel_max, in 0..1): brightness,
+contrast, inverted or blank images and a change of source all move it, and one number per image
+keeps the profile tiny. The profile holds the training split's distribution of it in
+``PROFILE_BINS`` quantile bins (bin edges from the training data, so every bin holds about the
+same share). Inputs are compared with the Population Stability Index over those bins,
+
+    PSI = sum_i (p_i - q_i) * ln(p_i / q_i),   p: inputs' shares, q: training shares,
+
+with half a count added to every bin so that empty bins stay finite. Read it as the usual rule
+of thumb: below 0.1 no shift, 0.1-0.25 a moderate one, above 0.25 a large one; drift is declared
+at ``DRIFT_THRESHOLD``. Its bias under no drift is about (bins - 1) / n for n inputs, which is
+why the server scores only a full window of ``DEFAULT_WINDOW`` images.
+
+The package stage writes the profile into the package (``profile.json``); the server's sliding
+window (``DriftWindow``) and ``mlpipe drift`` (``compare``) score inputs with the same code.
+This module needs only NumPy: it runs in the slim serve image.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mlpipe.contracts.data import read_split
+from mlpipe.contracts.manifest import PROFILE_FILE
+from mlpipe.core.errors import ArtifactError, DataError, MlpipeError
+
+PROFILE_VERSION = 1
+FEATURE = "mean_intensity"
+PROFILE_BINS = 10
+DRIFT_THRESHOLD = 0.2
+DEFAULT_WINDOW = 500
+SMOOTHING = 0.5  # pseudo-count per bin
+Shift = Literal["none", "invert", "brighten", "darken"]
+SHIFTS: tuple[Shift, ...] = ("none", "invert", "brighten", "darken")
+
+
+class DriftError(MlpipeError):
+    """A batch of inputs drifted from the training data's profile."""
+
+
+def mean_intensity(images: np.ndarray, pixel_max: int) -> np.ndarray:
+    """Per-image mean pixel as a fraction of ``pixel_max``: float64 [N] for images [N, H, W]."""
+    return images.reshape(len(images), -1).mean(axis=1, dtype=np.float64) / pixel_max
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The training split's distribution of per-image mean intensity (``profile.json``)."""
+
+    pixel_max: int
+    edges: tuple[float, ...]  # inner bin edges, ascending; bin i holds edges[i-1] <= x < edges[i]
+    counts: tuple[int, ...]  # training images per bin: len(edges) + 1 bins
+    mean: float
+    std: float
+
+    @classmethod
+    def of(cls, images: np.ndarray, pixel_max: int, bins: int = PROFILE_BINS) -> Profile:
+        """The profile of ``images`` (uint8 [N, H, W], the training split)."""
+        values = mean_intensity(images, pixel_max)
+        quantiles = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
+        edges = tuple(float(e) for e in np.unique(quantiles))  # ties in discrete data merge bins
+        counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+        return cls(pixel_max, edges, tuple(int(c) for c in counts), float(values.mean()), float(values.std()))
+
+    def bin_of(self, values: np.ndarray) -> np.ndarray:
+        """Bin index of each value."""
+        return np.searchsorted(self.edges, values, side="right")
+
+    def histogram(self, values: np.ndarray) -> np.ndarray:
+        """Inputs per bin, int64 [bins]."""
+        return np.bincount(self.bin_of(values), minlength=len(self.counts))
+
+    def psi(self, counts: np.ndarray) -> float:
+        """Population Stability Index of inputs binned as ``counts`` against the training data."""
+        observed = np.asarray(counts, dtype=np.float64) + SMOOTHING
+        observed /= observed.sum()
+        reference = np.asarray(self.counts, dtype=np.float64) + SMOOTHING
+        reference /= reference.sum()
+        return float(np.sum((observed - reference) * np.log(observed / reference)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": PROFILE_VERSION,
+            "feature": FEATURE,
+            "pixel_max": self.pixel_max,
+            "edges": list(self.edges),
+            "counts": list(self.counts),
+            "mean": self.mean,
+            "std": self.std,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Profile:
+        if raw.get("version") != PROFILE_VERSION or raw.get("feature") != FEATURE:
+            raise ValueError(
+                f"profile version {raw.get('version')!r} of feature {raw.get('feature')!r}; this mlpipe "
+                f"reads version {PROFILE_VERSION} of {FEATURE!r}"
+            )
+        profile = cls(
+            pixel_max=int(raw["pixel_max"]),
+            edges=tuple(float(e) for e in raw["edges"]),
+            counts=tuple(int(c) for c in raw["counts"]),
+            mean=float(raw["mean"]),
+            std=float(raw["std"]),
+        )
+        if len(profile.counts) != len(profile.edges) + 1 or list(profile.edges) != sorted(set(profile.edges)):
+            raise ValueError("needs ascending, distinct edges and one count more than edges")
+        if profile.pixel_max < 1 or min(profile.counts) < 0 or sum(profile.counts) < 1:
+            raise ValueError("needs pixel_max >= 1 and non-negative counts of at least one image")
+        return profile
+
+
+def read_profile(model_dir: Path) -> Profile:
+    """The profile shipped in a package; ArtifactError if it is missing or malformed."""
+    path = model_dir / PROFILE_FILE
+    try:
+        return Profile.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError as e:
+        raise ArtifactError(
+            f"{path}: not found; rebuild the package with `dvc repro package` (or serve without the "
+            "drift window: --no-monitoring)"
+        ) from e
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ArtifactError(
+            f"{path}: malformed drift profile ({e}); rebuild it with `dvc repro package`"
+        ) from e
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """One batch of inputs scored against the profile."""
+
+    images: int
+    psi: float
+    threshold: float
+    mean: float
+    reference_mean: float
+    counts: tuple[int, ...]
+    reference_counts: tuple[int, ...]
+
+    @property
+    def drifted(self) -> bool:
+        return self.psi >= self.threshold
+
+    def lines(self) -> list[str]:
+        """What `mlpipe drift` prints: the statistics and the verdict."""
+        reference_total = sum(self.reference_counts)
+        rows = [
+            f"{FEATURE} (mean pixel / pixel_max): inputs {self.mean:.4f}, training {self.reference_mean:.4f}",
+            f"{'bin':>3}  {'inputs':>7}  {'training':>8}",
+        ]
+        for i, (ours, theirs) in enumerate(zip(self.counts, self.reference_counts, strict=True)):
+            rows.append(f"{i:>3}  {ours / self.images:>7.1%}  {theirs / reference_total:>8.1%}")
+        verdict = "DRIFT" if self.drifted else "no drift"
+        rows.append(f"PSI {self.psi:.4f} over {self.images} images (threshold {self.threshold:g}): {verdict}")
+        return rows
+
+
+def compare(profile: Profile, images: np.ndarray, threshold: float = DRIFT_THRESHOLD) -> DriftResult:
+    """Score a batch of images [N, H, W] (raw pixels) against the profile."""
+    if len(images) == 0:
+        raise MlpipeError("no images to compare with the drift profile")
+    if images.min() < 0 or images.max() > profile.pixel_max:
+        raise DataError(
+            f"pixel values from {images.min()} to {images.max()}; the model takes raw pixels in "
+            f"0..{profile.pixel_max} (the training data's scale)"
+        )
+    values = mean_intensity(images, profile.pixel_max)
+    counts = profile.histogram(values)
+    return DriftResult(
+        images=len(images),
+        psi=profile.psi(counts),
+        threshold=threshold,
+        mean=float(values.mean()),
+        reference_mean=profile.mean,
+        counts=tuple(int(c) for c in counts),
+        reference_counts=profile.counts,
+    )
+
+
+class DriftWindow:
+    """The last ``size`` inputs' bins, scored against the profile once the window is full."""
+
+    def __init__(self, profile: Profile, size: int = DEFAULT_WINDOW) -> None:
+        if size < 1:
+            raise MlpipeError(f"drift window size must be at least 1, got {size}")
+        self.profile = profile
+        self.size = size
+        self._bins: deque[int] = deque(maxlen=size)
+        self._counts = np.zeros(len(profile.counts), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._bins)
+
+    def add(self, values: np.ndarray) -> None:
+        """Slide the window over a batch's per-image mean intensities (``mean_intensity``)."""
+        for b in self.profile.bin_of(values).tolist():
+            if len(self._bins) == self.size:
+                self._counts[self._bins[0]] -= 1
+            self._bins.append(b)
+            self._counts[b] += 1
+
+    def score(self) -> float | None:
+        """PSI of the window against the profile; None until the window is full."""
+        return self.profile.psi(self._counts) if len(self._bins) == self.size else None
+
+
+def shifted(images: np.ndarray, shift: Shift, pixel_max: int) -> np.ndarray:
+    """A shifted copy of uint8 images, to see what drift looks like: inverted, or a quarter of the
+    pixel range brighter or darker (clipped)."""
+    if shift == "none":
+        return images
+    if shift == "invert":
+        return (pixel_max - images.astype(np.int32)).astype(np.uint8)
+    step = max(1, pixel_max // 4) * (1 if shift == "brighten" else -1)
+    return np.clip(images.astype(np.int32) + step, 0, pixel_max).astype(np.uint8)
+
+
+def load_images(path: Path) -> np.ndarray:
+    """Raw-pixel images [N, H, W] from a .npy file, as uint8; DataError if they are not that."""
+    try:
+        images = np.load(path, allow_pickle=False)
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: not found") from e
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: not a .npy array ({e})") from e
+    if images.ndim != 3 or images.dtype.kind not in "iu" or len(images) == 0:
+        raise DataError(f"{path}: expected integer images [N, H, W], got {images.dtype} {list(images.shape)}")
+    if images.min() < 0 or images.max() > np.iinfo(np.uint8).max:
+        raise DataError(f"{path}: pixel values must be within 0..255, got {images.min()}..{images.max()}")
+    return images.astype(np.uint8)
+
+
+def load_split(data_dir: Path, split: str) -> np.ndarray:
+    """A prepared split's images."""
+    return read_split(split, root=data_dir).images

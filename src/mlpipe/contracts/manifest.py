@@ -1,0 +1,112 @@
+"""The package manifest (models/package/package.json): the contract between the package stage
+that writes a package and everything that reads one (the server, the model card, the registry,
+the tests). No torch: the slim serve image reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlpipe.contracts.preprocessing import Preprocessing
+from mlpipe.core.lineage import Inputs
+
+PACKAGE_FORMAT = 1
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "package.json"
+CARD_FILE = "MODEL_CARD.md"
+PROFILE_FILE = "profile.json"  # the training data's drift profile (mlpipe.contracts.drift.Profile)
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "probabilities"
+# The model's input type: the prepared arrays' own (data.LabeledImages holds uint8 pixels). The
+# exported graph takes it and casts and normalises inside, so every consumer sends raw pixels.
+INPUT_DTYPE = "uint8"
+# What an ONNX graph's input type means in NumPy. Packages made before INPUT_DTYPE took float32
+# pixels (cast and normalised inside too): a rollback to one must still be served and costed.
+ONNX_INPUT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
+
+
+@dataclass(frozen=True)
+class PackageInput:
+    """Images [N, height, width] of ``dtype`` pixels in 0..pixel_max, at most max_batch_size."""
+
+    shape: tuple[int, int]
+    pixel_max: int
+    max_batch_size: int
+    name: str = INPUT_NAME
+    dtype: str = INPUT_DTYPE
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "pixel_range": [0, self.pixel_max],
+            "max_batch_size": self.max_batch_size,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> PackageInput:
+        height, width = (int(n) for n in raw["shape"])
+        return cls(
+            shape=(height, width),
+            pixel_max=int(raw["pixel_range"][1]),
+            max_batch_size=int(raw["max_batch_size"]),
+            name=str(raw["name"]),
+            dtype=str(raw["dtype"]),
+        )
+
+
+@dataclass(frozen=True)
+class PackageManifest:
+    """Everything a server or a reader needs besides the model file."""
+
+    name: str
+    model_sha256: str
+    input: PackageInput
+    labels: tuple[str, ...]
+    preprocessing: Preprocessing  # applied inside the graph; recorded for readers
+    architecture: dict[str, Any]
+    dataset: str
+    # only what the bytes depend on: the commit and branch are MLflow tags (lineage.py)
+    lineage: Inputs
+    metrics: dict[str, float]
+    output_name: str = OUTPUT_NAME
+    model_file: str = MODEL_FILE
+    format: int = field(default=PACKAGE_FORMAT)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "name": self.name,
+            "model_file": self.model_file,
+            "model_sha256": self.model_sha256,
+            "input": self.input.to_json(),
+            "output": {"name": self.output_name, "shape": [len(self.labels)]},
+            "labels": list(self.labels),
+            "preprocessing": self.preprocessing.to_dict(),
+            "architecture": dict(self.architecture),
+            "dataset": self.dataset,
+            "lineage": self.lineage.to_dict(),
+            "metrics": dict(self.metrics),
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> PackageManifest:
+        """Parse package.json; KeyError, TypeError, ValueError or IndexError if it is malformed."""
+        if not isinstance(raw, dict):
+            raise TypeError(f"the manifest is a JSON {type(raw).__name__}, not an object")
+        return cls(
+            name=str(raw["name"]),
+            model_sha256=str(raw["model_sha256"]),
+            input=PackageInput.from_json(raw["input"]),
+            labels=tuple(str(label) for label in raw["labels"]),
+            preprocessing=Preprocessing.from_dict(raw["preprocessing"]),
+            architecture=dict(raw["architecture"]),
+            dataset=str(raw["dataset"]),
+            lineage=Inputs(**{key: str(value) for key, value in raw["lineage"].items()}),
+            metrics=dict(raw["metrics"]),
+            output_name=str(raw["output"]["name"]),
+            model_file=str(raw["model_file"]),
+            format=int(raw["format"]),
+        )

@@ -1,0 +1,91 @@
+"""Stage `evaluate`: score the trained model on the held-out test split."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+)
+
+from mlpipe.contracts.data import read_schema, read_split
+from mlpipe.core import atomic, paths, tables
+from mlpipe.core.errors import ArtifactError
+from mlpipe.core.params import Params
+from mlpipe.ml import plots
+from mlpipe.ml.model import load_checkpoint, predict_logits
+
+log = logging.getLogger(__name__)
+
+
+def run(params: Params) -> None:
+    """Write test metrics, per-class scores, predictions and figures under reports/."""
+    schema = read_schema()
+    test = read_split(paths.TEST_SPLIT, schema=schema)
+    checkpoint = load_checkpoint(paths.CHECKPOINT_FILE)
+    if checkpoint.classes != schema.classes or checkpoint.image_shape != schema.image_shape:
+        raise ArtifactError(
+            f"{paths.CHECKPOINT_FILE} was trained on other data (classes or image shape differ "
+            f"from {paths.SCHEMA_FILE}); rerun `dvc repro train`"
+        )
+    model = checkpoint.build()
+    inputs = torch.from_numpy(checkpoint.preprocessing.apply(test.images))
+    probabilities = torch.softmax(predict_logits(model, inputs, params.evaluate.batch_size), 1).numpy()
+    predicted = probabilities.argmax(1)
+    classes = list(schema.classes)
+    labels = list(range(len(classes)))
+
+    metrics = {
+        "test_accuracy": accuracy_score(test.labels, predicted),
+        "test_macro_f1": f1_score(test.labels, predicted, labels=labels, average="macro", zero_division=0),
+        "test_loss": log_loss(test.labels, probabilities, labels=labels),
+    }
+    metrics = {key: round(float(value), 6) for key, value in metrics.items()} | {"test_examples": len(test)}
+    precision, recall, f1, support = precision_recall_fscore_support(
+        test.labels, predicted, labels=labels, zero_division=0
+    )
+    per_class = [
+        [name, round(float(p), 6), round(float(r), 6), round(float(f), 6), int(s)]
+        for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
+    ]
+    wrong = np.flatnonzero(predicted != test.labels)
+
+    atomic.write_text(
+        paths.PER_CLASS_FILE, tables.to_csv(["class", "precision", "recall", "f1", "support"], per_class)
+    )
+    atomic.write_text(
+        paths.PREDICTIONS_FILE,
+        tables.to_csv(
+            ["actual", "predicted"],
+            [[classes[t], classes[p]] for t, p in zip(test.labels, predicted, strict=True)],
+        ),
+    )
+    plots.confusion_matrix_png(
+        paths.CONFUSION_PNG,
+        confusion_matrix(test.labels, predicted, labels=labels),
+        classes,
+        f"test accuracy {metrics['test_accuracy']:.4f}",
+    )
+    shown = wrong[: params.evaluate.misclassified_examples]
+    plots.misclassified_png(
+        paths.MISCLASSIFIED_PNG,
+        test.images[shown],
+        [classes[i] for i in test.labels[shown]],
+        [classes[i] for i in predicted[shown]],
+        params.evaluate.misclassified_examples,
+    )
+    # metrics last: a run that fails earlier leaves the previous metrics file untouched
+    atomic.write_json(paths.METRICS_FILE, metrics)
+    log.info(
+        "test accuracy %.4f, macro-F1 %.4f (%d of %d wrong)",
+        metrics["test_accuracy"],
+        metrics["test_macro_f1"],
+        len(wrong),
+        len(test),
+    )

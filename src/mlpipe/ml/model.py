@@ -1,0 +1,119 @@
+"""The classifier: a small CNN shaped by params, and its checkpoint format."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlpipe.contracts.preprocessing import Preprocessing
+from mlpipe.core import atomic
+from mlpipe.core.errors import ArtifactError
+from mlpipe.core.params import ModelParams
+
+CHECKPOINT_FORMAT = 1
+
+
+class ConvNet(nn.Module):
+    """`depth` conv blocks (conv3x3 → [batch norm] → ReLU → 2×2 max-pool while the map is ≥ 2 px),
+    channels starting at `width` and doubling, then a dropout-regularised two-layer head."""
+
+    def __init__(self, params: ModelParams, image_shape: tuple[int, int], num_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels, (height, width) = 1, image_shape
+        for block in range(params.depth):
+            out_channels = params.width * 2**block
+            layers.append(nn.Conv2d(channels, out_channels, 3, padding=1, bias=not params.batch_norm))
+            if params.batch_norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(nn.ReLU(inplace=True))
+            if min(height, width) >= 2:
+                layers.append(nn.MaxPool2d(2))
+                height, width = height // 2, width // 2
+            channels = out_channels
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(params.dropout),
+            nn.Linear(channels * height * width, params.hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(params.dropout),
+            nn.Linear(params.hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images [N, 1, H, W] → logits [N, num_classes]."""
+        return self.head(self.features(x))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A trained model with everything needed to rebuild and feed it."""
+
+    model_params: ModelParams
+    image_shape: tuple[int, int]
+    classes: tuple[str, ...]
+    preprocessing: Preprocessing
+    state_dict: dict[str, torch.Tensor]
+
+    def build(self) -> ConvNet:
+        """The model in eval mode, on the CPU, with the trained weights."""
+        model = ConvNet(self.model_params, self.image_shape, len(self.classes))
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
+    """Write the checkpoint atomically; equal weights give identical bytes."""
+    payload: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "model_params": checkpoint.model_params.model_dump(),
+        "image_shape": list(checkpoint.image_shape),
+        "classes": list(checkpoint.classes),
+        "preprocessing": checkpoint.preprocessing.to_dict(),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in checkpoint.state_dict.items()},
+    }
+    # Serialise in memory: torch names the archive after the file, and the temporary
+    # name of an atomic write would otherwise end up in the bytes.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic.write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint written by `save_checkpoint`, checking that it fits its architecture."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise ArtifactError(f"{path}: not found; run `dvc repro train` first") from e
+    except Exception as e:  # torch raises several unrelated types for a damaged archive
+        raise ArtifactError(f"{path}: not a readable checkpoint ({e}); rerun `dvc repro train`") from e
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ArtifactError(f"{path}: unknown checkpoint format; rerun `dvc repro train`")
+    try:
+        checkpoint = Checkpoint(
+            model_params=ModelParams.model_validate(payload["model_params"]),
+            image_shape=(int(payload["image_shape"][0]), int(payload["image_shape"][1])),
+            classes=tuple(payload["classes"]),
+            preprocessing=Preprocessing.from_dict(payload["preprocessing"]),
+            state_dict=payload["state_dict"],
+        )
+        checkpoint.build()
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise ArtifactError(f"{path}: inconsistent checkpoint ({e}); rerun `dvc repro train`") from e
+    return checkpoint
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits for normalised inputs [N, 1, H, W], computed in eval mode in batches."""
+    was_training = model.training
+    model.eval()
+    outputs = [model(batch).float() for batch in inputs.split(batch_size)]
+    model.train(was_training)
+    return torch.cat(outputs) if outputs else inputs.new_zeros((0,))

@@ -1,0 +1,142 @@
+"""Stage `package`: build the serving bundle models/package/ from the trained model, and register it.
+
+models/package/ holds model.onnx (raw pixels [N, H, W] -> class probabilities, preprocessing
+included in the graph: mlpipe.ml.export), package.json (mlpipe.contracts.manifest.PackageManifest),
+MODEL_CARD.md (templates/model_card.md) and profile.json (the training data's drift profile,
+mlpipe.contracts.drift). The same ONNX model is registered in MLflow as `candidate`
+(mlpipe.tracking.registry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from importlib.resources import files
+from string import Template
+
+from mlpipe.contracts import drift
+from mlpipe.contracts.data import Schema, read_schema, read_split
+from mlpipe.contracts.manifest import (
+    CARD_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    PROFILE_FILE,
+    PackageInput,
+    PackageManifest,
+)
+from mlpipe.core import atomic, lineage, paths, tables
+from mlpipe.core.params import Params
+from mlpipe.ml import export
+from mlpipe.ml.model import Checkpoint, load_checkpoint
+from mlpipe.tracking import registry, runs
+
+log = logging.getLogger(__name__)
+
+CARD_TEMPLATE = files("mlpipe.ml") / "templates" / "model_card.md"
+# The metrics the card shows; evaluate writes each of them.
+CARD_METRICS = ("test_accuracy", "test_macro_f1", "test_loss", "test_examples")
+VERIFY_EXAMPLES = 256  # test images the exported model must classify exactly as PyTorch does
+PER_CLASS_COLUMNS = ("class", "precision", "recall", "f1", "support")
+
+
+def build_manifest(
+    params: Params,
+    checkpoint: Checkpoint,
+    schema: Schema,
+    inputs: lineage.Inputs,
+    metrics: dict[str, float],
+    onnx_bytes: bytes,
+) -> PackageManifest:
+    """package.json: everything a server or a reader needs besides the model file."""
+    return PackageManifest(
+        name=params.package.model_name,
+        model_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+        input=PackageInput(
+            shape=checkpoint.image_shape,
+            pixel_max=schema.pixel_max,
+            max_batch_size=params.package.max_batch_size,
+        ),
+        labels=checkpoint.classes,
+        preprocessing=checkpoint.preprocessing,
+        architecture={"family": "ConvNet", **checkpoint.model_params.model_dump()},
+        dataset=params.data.dataset,
+        lineage=inputs,
+        metrics=metrics,
+    )
+
+
+def model_card(manifest: PackageManifest, params: Params, per_class: list[dict[str, str]]) -> str:
+    """MODEL_CARD.md: the template filled in from the manifest, the params and the per-class scores."""
+    table = [
+        "| " + " | ".join(PER_CLASS_COLUMNS) + " |",
+        "|---|---:|---:|---:|---:|",
+        *("| " + " | ".join(row[c] for c in PER_CLASS_COLUMNS) + " |" for row in per_class),
+    ]
+    spec, metrics, pre = manifest.input, manifest.metrics, manifest.preprocessing
+    return Template(CARD_TEMPLATE.read_text(encoding="utf-8")).substitute(
+        name=manifest.name,
+        dataset=manifest.dataset,
+        class_count=len(manifest.labels),
+        shape="×".join(map(str, spec.shape)),
+        input_name=spec.name,
+        input_dtype=spec.dtype,
+        input_dims=", ".join(map(str, spec.shape)),
+        pixel_max=spec.pixel_max,
+        max_batch_size=spec.max_batch_size,
+        output_name=manifest.output_name,
+        labels=", ".join(f"`{label}`" for label in manifest.labels),
+        scale=f"{pre.pixel_max:g}",
+        mean=f"{pre.mean:g}",
+        std=f"{pre.std:g}",
+        test_accuracy=f"{metrics['test_accuracy']:.4f}",
+        test_macro_f1=f"{metrics['test_macro_f1']:.4f}",
+        test_loss=f"{metrics['test_loss']:.4f}",
+        test_examples=metrics["test_examples"],
+        per_class_table="\n".join(table),
+        width=params.model.width,
+        depth=params.model.depth,
+        hidden=params.model.hidden,
+        dropout=params.model.dropout,
+        lr=params.train.lr,
+        weight_decay=params.train.weight_decay,
+        epochs=params.train.epochs,
+        batch_size=params.train.batch_size,
+        train_seed=params.train.seed,
+        data_seed=params.data.seed,
+        val_fraction=params.data.val_fraction,
+        test_fraction=params.data.test_fraction,
+        data_hash=manifest.lineage.data_hash,
+        params_hash=manifest.lineage.params_hash,
+        model_sha256=manifest.model_sha256,
+    )
+
+
+def run(params: Params) -> None:
+    """Build models/package/ and register it; the old package stays if anything fails."""
+    schema = read_schema()
+    checkpoint = load_checkpoint(paths.CHECKPOINT_FILE)
+    metrics = tables.read_metrics(paths.METRICS_FILE, required=CARD_METRICS)
+    per_class = tables.read_csv(paths.PER_CLASS_FILE)
+    test = read_split(paths.TEST_SPLIT, schema=schema)
+    register_model = params.package.register_model and runs.registers_models()
+    if params.package.register_model and not register_model:
+        log.info("not registering a version: experiments do not move @%s", registry.CANDIDATE)
+    mlflow_client = runs.client() if register_model else None
+    if mlflow_client is not None:
+        runs.close_abandoned_runs(mlflow_client)
+
+    onnx_bytes = export.export_onnx(checkpoint, params.package.opset)
+    export.verify_onnx(onnx_bytes, checkpoint, test.images[:VERIFY_EXAMPLES])
+    origin = lineage.current(params.digest("data", "model", "train"))
+    manifest = build_manifest(params, checkpoint, schema, origin.inputs, metrics, onnx_bytes)
+
+    with atomic.replace_dir(paths.PACKAGE_DIR) as staging:
+        atomic.write_bytes(staging / MODEL_FILE, onnx_bytes)
+        atomic.write_json(staging / MANIFEST_FILE, manifest.to_json())
+        atomic.write_text(staging / CARD_FILE, model_card(manifest, params, per_class))
+        profile = drift.Profile.of(read_split(paths.TRAIN_SPLIT, schema=schema).images, schema.pixel_max)
+        atomic.write_json(staging / PROFILE_FILE, profile.to_json())
+        if mlflow_client is not None:
+            registry.register(mlflow_client, staging, manifest, origin, test.images[:2])
+    sha = manifest.model_sha256[:12]
+    log.info("wrote %s (%d bytes of ONNX, sha256 %s)", paths.PACKAGE_DIR, len(onnx_bytes), sha)
