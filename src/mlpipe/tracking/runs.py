@@ -269,14 +269,20 @@ class Run:
     def log_dataset(self, data_hash: str, context: str) -> None:
         """Record the DVC data version as the run's dataset input (the MLflow UI shows it)."""
         from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
         # MLflow's Dataset is not an ABC: MetaDataset need not define the optional `profile`
-        dataset = MetaDataset(  # type: ignore[abstract]
+        described = MetaDataset(  # type: ignore[abstract]
             source=_dvc_source(), name=paths.PREPARED_DIR.as_posix(), digest=data_hash.split(":")[-1][:36]
+        ).to_dict()
+        dataset = Dataset(
+            name=described["name"],
+            digest=described["digest"],
+            source_type=described["source_type"],
+            source=described["source"],
         )
-        inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+        inputs = [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])]
         self.client.log_inputs(self.run_id, datasets=inputs)
 
     def log_artifact(self, local: Path, folder: str, name: str | None = None) -> None:
