@@ -1,12 +1,13 @@
 """Training-loop benchmark (`make bench-fit`, i.e. `python -m benchmarks.fit`): `train.fit`
 against a bare PyTorch loop, timed in the same process.
 
-Every loop trains the same ConvNet (params.yaml's model) on the same train split (params.yaml's
-data, prepared into a temporary directory) with the same optimiser (AdamW), one-cycle schedule,
-batch order and seeds, under the numerics params.yaml pins. The bare loops are what one writes by
-hand: the training steps, then, in the second, the same per-epoch validation pass as `fit`
-(loss and accuracy on the val split); no progress bar, no running metrics, no tracking. `fit` is
-consumed as the train stage consumes it, minus the logging and MLflow.
+Every loop trains the same model (mlpipe.ml.model.build_model, params.yaml's model) on the same
+train split (params.yaml's data, prepared into a temporary directory) with the same optimiser
+(AdamW), one-cycle schedule, batch order and seeds, under the numerics params.yaml pins. The
+bare loops are what one writes by hand: the training steps, then, in the second, the same
+per-epoch validation pass as `fit` (loss and accuracy on the val split); no progress bar, no
+running metrics, no tracking. `fit` is consumed as the train stage consumes it, minus the
+logging and MLflow.
 
 After one untimed run of each, --rounds rounds time one run of each, in an order that alternates
 from round to round; throughput = training examples × epochs / wall seconds, median over the
@@ -103,7 +104,7 @@ def main() -> None:
     from mlpipe.contracts.data import read_schema, read_split
     from mlpipe.contracts.preprocessing import Preprocessing
     from mlpipe.ml import prepare
-    from mlpipe.ml.model import Checkpoint, ConvNet, save_checkpoint
+    from mlpipe.ml.model import Checkpoint, build_model, save_checkpoint
     from mlpipe.ml.train import Tensors, fit, seed_everything
 
     numerics.configure_torch(params.train.numerics)
@@ -117,7 +118,7 @@ def main() -> None:
 
         def fresh() -> tuple[torch.nn.Module, torch.Generator]:
             generator = seed_everything(params.train.seed, device, params.train.deterministic)
-            return ConvNet(params.model, schema.image_shape, len(schema.classes)).to(device), generator
+            return build_model(params.model, schema.image_shape, len(schema.classes)).to(device), generator
 
         def run_fit(model: torch.nn.Module, generator: torch.Generator) -> None:
             for _ in fit(model, train, val, params.train, device, generator):

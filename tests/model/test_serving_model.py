@@ -14,6 +14,7 @@ from kserve.errors import InvalidInput
 
 from mlpipe.core.errors import ArtifactError
 from mlpipe.serving.model import ImageClassifier
+from tests.conftest import REPO_ROOT
 from tests.model.serving_cases import (
     BAD_REQUEST_IDS,
     PACKAGE,
@@ -201,8 +202,25 @@ def test_dir_without_manifest_is_not_a_package(package_copy: Path) -> None:
 
 
 def test_unknown_package_format_is_refused(package_copy: Path) -> None:
-    edit_manifest(package_copy, format=2)
-    assert "package format 2, this server reads format 1" in load_error(package_copy)
+    edit_manifest(package_copy, format=3)
+    assert "package format 3, this server reads formats 1, 2" in load_error(package_copy)
+
+
+def test_a_package_made_before_format_2_is_served_alike(
+    package_copy: Path, built_project: Path, spec: Spec
+) -> None:
+    """A rollback serves a package whose package.json is format 1 (the architecture as
+    {"family": ..., <params>}): same answers."""
+    old = json.loads((REPO_ROOT / "tests/data/packages/package-format-1.json").read_text())
+    new = json.loads((package_copy / "package.json").read_text())
+    assert (old["input"], old["labels"]) == (new["input"], new["labels"])  # digits, like the built one
+    (package_copy / "package.json").write_text(json.dumps(old | {"model_sha256": new["model_sha256"]}))
+    older = ImageClassifier(None, package_copy)
+    older.load()
+    batched = batches(prepared_test_images(built_project), spec.max_batch_size)
+    assert [label for batch in batched for label in v2_labels(older, batch)] == evaluate_predictions(
+        built_project
+    )
 
 
 def test_malformed_manifest_is_reported(package_copy: Path) -> None:

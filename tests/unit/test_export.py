@@ -11,13 +11,14 @@ import mlpipe
 from mlpipe.contracts.preprocessing import Preprocessing
 from mlpipe.core.params import ModelParams
 from mlpipe.ml.export import export_onnx, verify_onnx
-from mlpipe.ml.model import Checkpoint, ConvNet
+from mlpipe.ml.model import Checkpoint, build_model
+from tests.conftest import TINY_PARAMS
 
 
 def _checkpoint() -> Checkpoint:
     torch.manual_seed(0)
-    params = ModelParams(width=4, hidden=8)
-    model = ConvNet(params, (8, 8), num_classes=3)
+    params = ModelParams.model_validate(TINY_PARAMS["model"])
+    model = build_model(params, (8, 8), num_classes=3)
     return Checkpoint(params, (8, 8), ("a", "b", "c"), Preprocessing(16.0, 0.3, 0.4), model.state_dict())
 
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from mlpipe.core.params import ModelParams, TrainParams
-from mlpipe.ml.model import ConvNet
+from mlpipe.ml.model import build_model
 from mlpipe.ml.train import Epoch, Tensors, fit, optimisation, seed_everything
+from tests.conftest import TINY_PARAMS
 
 CPU = torch.device("cpu")
 
@@ -21,7 +22,7 @@ def tiny_split(examples: int, seed: int) -> Tensors:
 def test_fit_yields_one_record_per_epoch_as_it_trains() -> None:
     params = TrainParams(epochs=3, batch_size=16)
     generator = seed_everything(params.seed, CPU, params.deterministic)
-    model = ConvNet(ModelParams(width=4, hidden=8), (8, 8), 3)
+    model = build_model(ModelParams.model_validate(TINY_PARAMS["model"]), (8, 8), 3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     epochs = fit(model, tiny_split(40, 0), tiny_split(10, 1), params, CPU, generator)
     first = next(epochs)

@@ -5,13 +5,16 @@ the tests). No torch: the slim serve image reads it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mlpipe.contracts.preprocessing import Preprocessing
 from mlpipe.core.lineage import Inputs
 
-PACKAGE_FORMAT = 1
+PACKAGE_FORMAT = 2
+# Every format a reader accepts. Format 1 recorded the architecture as {"family": "ConvNet",
+# <model params>}; a rollback to a package made then must still be served.
+READABLE_FORMATS = (1, 2)
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "package.json"
 CARD_FILE = "MODEL_CARD.md"
@@ -58,6 +61,29 @@ class PackageInput:
 
 
 @dataclass(frozen=True)
+class Architecture:
+    """The trained network, as the checkpoint rebuilds it: its class (``module.QualName``), the
+    `model:` params it was built with, and its number of parameters (None when read from a
+    format-1 package, which did not record it)."""
+
+    class_name: str
+    params: dict[str, Any]
+    parameter_count: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        count = self.parameter_count
+        return {"class": self.class_name, "params": dict(self.params), "parameter_count": count}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any], package_format: int) -> Architecture:
+        if package_format == 1:
+            params = {key: value for key, value in raw.items() if key != "family"}
+            return cls(class_name=str(raw["family"]), params=params, parameter_count=None)
+        count = raw["parameter_count"]
+        return cls(str(raw["class"]), dict(raw["params"]), None if count is None else int(count))
+
+
+@dataclass(frozen=True)
 class PackageManifest:
     """Everything a server or a reader needs besides the model file."""
 
@@ -66,18 +92,18 @@ class PackageManifest:
     input: PackageInput
     labels: tuple[str, ...]
     preprocessing: Preprocessing  # applied inside the graph; recorded for readers
-    architecture: dict[str, Any]
+    architecture: Architecture
     dataset: str
     # only what the bytes depend on: the commit and branch are MLflow tags (lineage.py)
     lineage: Inputs
     metrics: dict[str, float]
     output_name: str = OUTPUT_NAME
     model_file: str = MODEL_FILE
-    format: int = field(default=PACKAGE_FORMAT)
 
     def to_json(self) -> dict[str, Any]:
+        """package.json in the current PACKAGE_FORMAT, whichever format the manifest was read from."""
         return {
-            "format": self.format,
+            "format": PACKAGE_FORMAT,
             "name": self.name,
             "model_file": self.model_file,
             "model_sha256": self.model_sha256,
@@ -85,7 +111,7 @@ class PackageManifest:
             "output": {"name": self.output_name, "shape": [len(self.labels)]},
             "labels": list(self.labels),
             "preprocessing": self.preprocessing.to_dict(),
-            "architecture": dict(self.architecture),
+            "architecture": self.architecture.to_json(),
             "dataset": self.dataset,
             "lineage": self.lineage.to_dict(),
             "metrics": dict(self.metrics),
@@ -93,20 +119,23 @@ class PackageManifest:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> PackageManifest:
-        """Parse package.json; KeyError, TypeError, ValueError or IndexError if it is malformed."""
+        """Parse package.json of any of READABLE_FORMATS; KeyError, TypeError, ValueError or
+        IndexError if it is malformed."""
         if not isinstance(raw, dict):
             raise TypeError(f"the manifest is a JSON {type(raw).__name__}, not an object")
+        package_format = int(raw["format"])
+        if package_format not in READABLE_FORMATS:
+            raise ValueError(f"package format {package_format}, readable: {READABLE_FORMATS}")
         return cls(
             name=str(raw["name"]),
             model_sha256=str(raw["model_sha256"]),
             input=PackageInput.from_json(raw["input"]),
             labels=tuple(str(label) for label in raw["labels"]),
             preprocessing=Preprocessing.from_dict(raw["preprocessing"]),
-            architecture=dict(raw["architecture"]),
+            architecture=Architecture.from_json(raw["architecture"], package_format),
             dataset=str(raw["dataset"]),
             lineage=Inputs(**{key: str(value) for key, value in raw["lineage"].items()}),
             metrics=dict(raw["metrics"]),
             output_name=str(raw["output"]["name"]),
             model_file=str(raw["model_file"]),
-            format=int(raw["format"]),
         )

@@ -1,4 +1,5 @@
-"""The classifier: a small CNN shaped by params, and its checkpoint format."""
+"""The classifier: a small CNN shaped by params, the one function that builds it, and its
+checkpoint format."""
 
 from __future__ import annotations
 
@@ -51,6 +52,12 @@ class ConvNet(nn.Module):
         return self.head(self.features(x))
 
 
+def build_model(params: ModelParams, image_shape: tuple[int, int], num_classes: int) -> nn.Module:
+    """The network `train` fits and a checkpoint rebuilds: normalised images [N, 1, H, W] in,
+    logits [N, num_classes] out. The one place that names the model's class."""
+    return ConvNet(params, image_shape, num_classes)
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A trained model with everything needed to rebuild and feed it."""
@@ -61,9 +68,9 @@ class Checkpoint:
     preprocessing: Preprocessing
     state_dict: dict[str, torch.Tensor]
 
-    def build(self) -> ConvNet:
+    def build(self) -> nn.Module:
         """The model in eval mode, on the CPU, with the trained weights."""
-        model = ConvNet(self.model_params, self.image_shape, len(self.classes))
+        model = build_model(self.model_params, self.image_shape, len(self.classes))
         model.load_state_dict(self.state_dict)
         return model.eval()
 

@@ -10,6 +10,7 @@ mlpipe.contracts.drift). The same ONNX model is registered in MLflow as `candida
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from importlib.resources import files
 from string import Template
@@ -21,6 +22,7 @@ from mlpipe.contracts.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
     PROFILE_FILE,
+    Architecture,
     PackageInput,
     PackageManifest,
 )
@@ -37,6 +39,18 @@ CARD_TEMPLATE = files("mlpipe.ml") / "templates" / "model_card.md"
 CARD_METRICS = ("test_accuracy", "test_macro_f1", "test_loss", "test_examples")
 VERIFY_EXAMPLES = 256  # test images the exported model must classify exactly as PyTorch does
 PER_CLASS_COLUMNS = ("class", "precision", "recall", "f1", "support")
+
+
+def architecture(checkpoint: Checkpoint) -> Architecture:
+    """What the checkpoint holds, read off the network it rebuilds: whatever class
+    mlpipe.ml.model.build_model made, with the params it was trained with."""
+    network = checkpoint.build()
+    network_class = type(network)
+    return Architecture(
+        class_name=f"{network_class.__module__}.{network_class.__qualname__}",
+        params=checkpoint.model_params.model_dump(mode="json"),
+        parameter_count=sum(p.numel() for p in network.parameters()),
+    )
 
 
 def build_manifest(
@@ -58,7 +72,7 @@ def build_manifest(
         ),
         labels=checkpoint.classes,
         preprocessing=checkpoint.preprocessing,
-        architecture={"family": "ConvNet", **checkpoint.model_params.model_dump()},
+        architecture=architecture(checkpoint),
         dataset=params.data.dataset,
         lineage=inputs,
         metrics=metrics,
@@ -73,6 +87,7 @@ def model_card(manifest: PackageManifest, params: Params, per_class: list[dict[s
         *("| " + " | ".join(row[c] for c in PER_CLASS_COLUMNS) + " |" for row in per_class),
     ]
     spec, metrics, pre = manifest.input, manifest.metrics, manifest.preprocessing
+    network = manifest.architecture
     return Template(CARD_TEMPLATE.read_text(encoding="utf-8")).substitute(
         name=manifest.name,
         dataset=manifest.dataset,
@@ -93,10 +108,9 @@ def model_card(manifest: PackageManifest, params: Params, per_class: list[dict[s
         test_loss=f"{metrics['test_loss']:.4f}",
         test_examples=metrics["test_examples"],
         per_class_table="\n".join(table),
-        width=params.model.width,
-        depth=params.model.depth,
-        hidden=params.model.hidden,
-        dropout=params.model.dropout,
+        model_class=network.class_name,
+        parameter_count=f"{network.parameter_count:,}",
+        model_params=", ".join(f"{key} {json.dumps(value)}" for key, value in network.params.items()),
         lr=params.train.lr,
         weight_decay=params.train.weight_decay,
         epochs=params.train.epochs,

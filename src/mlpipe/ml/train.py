@@ -1,4 +1,5 @@
-"""Stage `train`: fit the CNN on the prepared train split, validating on val every epoch."""
+"""Stage `train`: fit the model (mlpipe.ml.model.build_model) on the prepared train split,
+validating on val every epoch."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from mlpipe.contracts.preprocessing import Preprocessing
 from mlpipe.core import atomic, distributed, lineage, paths, tables
 from mlpipe.core.errors import MlpipeError
 from mlpipe.core.params import Params, TrainParams
-from mlpipe.ml.model import Checkpoint, ConvNet, predict_logits, save_checkpoint
+from mlpipe.ml.model import Checkpoint, build_model, predict_logits, save_checkpoint
 from mlpipe.tracking import runs
 from mlpipe.tracking.trials import report_epoch, trial_tags
 
@@ -202,7 +203,7 @@ def _run(params: Params, world: distributed.World, device: torch.device) -> None
         origin = lineage.current(params.digest("data", "model", "train"))
 
     generator = seed_everything(params.train.seed + world.rank, device, params.train.deterministic)
-    model = ConvNet(params.model, schema.image_shape, len(schema.classes)).to(device)
+    model = build_model(params.model, schema.image_shape, len(schema.classes)).to(device)
     train_data = Tensors.of(train_split, preprocessing, device)
     train_data = Tensors(*world.shard(train_data.inputs, train_data.labels))
     val_data = Tensors.of(val_split, preprocessing, device)

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlpipe.contracts.manifest import MANIFEST_FILE, PackageManifest
-from mlpipe.contracts.manifest import PACKAGE_FORMAT as SUPPORTED_FORMAT
+from mlpipe.contracts.manifest import MANIFEST_FILE, READABLE_FORMATS, PackageManifest
 from mlpipe.core.errors import ArtifactError
 from mlpipe.core.tables import read_json
 
@@ -58,10 +57,11 @@ def _manifest(model_dir: Path) -> dict[str, Any]:
         )
     path = model_dir / MANIFEST_FILE
     raw = read_json(path, f"{model_dir} is not a model package", "rebuild it with `dvc repro package`")
-    if not isinstance(raw, dict) or raw.get("format") != SUPPORTED_FORMAT:
+    if not isinstance(raw, dict) or raw.get("format") not in READABLE_FORMATS:
         found = raw.get("format") if isinstance(raw, dict) else None
+        readable = ", ".join(map(str, READABLE_FORMATS))
         raise ArtifactError(
-            f"{path}: package format {found!r}, this server reads format {SUPPORTED_FORMAT}; "
+            f"{path}: package format {found!r}, this server reads formats {readable}; "
             "rebuild the package or use a matching mlpipe version"
         )
     return raw
