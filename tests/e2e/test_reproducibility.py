@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import make_project, require, run, subprocess_env, update_params
+from tests.conftest import TINY_PARAMS, make_project, require, run, subprocess_env, update_params
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def digest(path: Path) -> str:
 EMULATED_CPUS = {"amd-epyc-rome": "EPYC-Rome", "intel-haswell": "Haswell"}
 CPU_PARAMS = {
     "data": {"max_samples": 400},
-    "model": {"width": 8, "hidden": 32},
+    "model": TINY_PARAMS["model"],
     "train": {"epochs": 2, "batch_size": 32, "lr": 0.01},
 }
 
@@ -296,7 +296,7 @@ def _tiny_slow_params() -> dict[str, dict[str, object]]:
     """Tiny data, but enough epochs that a kill lands inside training."""
     return {
         "data": {"max_samples": 600},
-        "model": {"width": 8, "hidden": 32},
+        "model": TINY_PARAMS["model"],
         "train": {"epochs": 40, "batch_size": 32, "lr": 0.01},
         "evaluate": {"misclassified_examples": 8},
     }
