@@ -11,9 +11,10 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 # Temporary names carry the writer's pid, so a later run can tell what a killed one left behind.
 SUFFIX = ".tmp"
@@ -92,6 +93,10 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_npy(path: Path, array: np.ndarray) -> None:
     """Write a NumPy array in .npy format atomically (byte-identical for equal arrays)."""
+    # imported here: copier's task (mlpipe.integrations.template) writes text before the
+    # project's environment, numpy included, exists
+    import numpy as np
+
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     write_bytes(path, buffer.getvalue())
