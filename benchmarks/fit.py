@@ -118,7 +118,7 @@ def main() -> None:
 
         def fresh() -> tuple[torch.nn.Module, torch.Generator]:
             generator = seed_everything(params.train.seed, device, params.train.deterministic)
-            return build_model(params.model, schema.image_shape, len(schema.classes)).to(device), generator
+            return build_model(params.model, schema.array_shape, len(schema.classes)).to(device), generator
 
         def run_fit(model: torch.nn.Module, generator: torch.Generator) -> None:
             for _ in fit(model, train, val, params.train, device, generator):

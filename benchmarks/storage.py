@@ -60,7 +60,7 @@ def write_fashion_mnist_sized(root: Path, params: Params) -> int:
         write_split(root, split, LabeledImages(images, labels, classes, 255))
         class_counts[split] = dict(zip(classes, np.bincount(labels, minlength=CLASSES).tolist(), strict=True))
     # uniform pixels scaled to [0, 1]: mean 1/2, standard deviation sqrt(1/12)
-    schema = Schema("fashion-mnist", classes, IMAGE_SHAPE, 255, 0.5, round(12**-0.5, 6), class_counts)
+    schema = Schema("fashion-mnist", classes, IMAGE_SHAPE, 255, (0.5,), (round(12**-0.5, 6),), class_counts)
     atomic.write_json(root / paths.SCHEMA_FILE.name, schema.to_json())
     return sum(f.stat().st_size for f in root.iterdir())
 

@@ -26,6 +26,8 @@ TINY_DATA: dict[str, Any] = {
     "dataset": "digits",
     "source": NO_LOCAL_SOURCE.as_posix(),
     "image_size": None,
+    "channels": None,
+    "classes": None,
     "val_fraction": 0.1,
     "test_fraction": 0.2,
     "max_samples": 600,

@@ -61,8 +61,8 @@ def test_normalisation_stats_come_from_the_train_split(workdir: Path) -> None:
     _prepare()
     schema = read_schema()
     train = read_split("train", schema=schema).images / 16.0
-    assert schema.pixel_mean == pytest.approx(train.mean(), abs=1e-6)
-    assert schema.pixel_std == pytest.approx(train.std(), abs=1e-6)
+    assert schema.pixel_mean == pytest.approx((train.mean(),), abs=1e-6)
+    assert schema.pixel_std == pytest.approx((train.std(),), abs=1e-6)
 
 
 def test_same_seed_gives_identical_bytes(workdir: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import struct
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -67,6 +68,14 @@ def binary(
     header = json.dumps({"inputs": [tensor]}).encode()
     data = images.tobytes()[: images.nbytes - cut]
     return header + data, {"inference-header-content-length": length or str(len(header))}
+
+
+def bytes_binary(length: int, content: bytes) -> tuple[bytes, dict]:
+    """A binary request of one BYTES element: the 4-byte ``length`` it announces, then ``content``."""
+    element = struct.pack("<I", length) + content
+    tensor = {"name": "pixels", "shape": [1], "datatype": "BYTES"}
+    header = json.dumps({"inputs": [tensor | {"parameters": {"binary_data_size": len(element)}}]}).encode()
+    return header + element, {"inference-header-content-length": str(len(header))}
 
 
 def v2_json(images: np.ndarray, datatype: str = "UINT8", data: object = None, shape: object = None) -> bytes:
@@ -138,6 +147,20 @@ def malformed(spec: Spec, image: np.ndarray) -> list[Call]:
         ),
         Call("v1-random-bytes", v1, bytes(range(256)), js, error="Unrecognized request format"),
         Call("v1-empty-object", v1, b"{}", js, error='"instances" must be a list'),
+        # image files (base64 in JSON, raw in binary BYTES) sent to a model of raw pixels
+        Call(
+            "v1-b64-file",
+            v1,
+            json.dumps({"instances": [{"b64": "iVBORw0KGgo="}]}).encode(),
+            js,
+            error="not image files",
+        ),
+        Call("v1-b64-garbage", v1, b'{"instances": [{"b64": "\\u0000%%"}, 3]}', js, error="not image files"),
+        Call(
+            "v2-bytes-json", v2, v2_json(image, "BYTES", ["not base64 %%"], [1]), js, error="not image files"
+        ),
+        Call("v2-bytes-binary", v2, *bytes_binary(12, b"\x89PNG" * 3), error="not image files"),
+        Call("v2-bytes-binary-bad-length", v2, *bytes_binary(2**31, b"x" * 7), error="announces"),
         Call(
             "unknown-version",
             f"/v2/models/{spec.model_name}/versions/nope/infer",

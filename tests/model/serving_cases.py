@@ -113,6 +113,9 @@ def bad_requests(spec: Spec) -> list[BadRequest]:
         BadRequest("v1-empty-batch", "v1", {"instances": []}, r"empty batch"),
         BadRequest("v1-too-many", "v1", v1_body(np.zeros((too_many, h, w))), r"too many images"),
         BadRequest("v1-not-an-object", "v1", one.tolist(), r"must be a JSON object"),
+        # image files go to a model trained on image files only
+        BadRequest("v1-image-file", "v1", {"instances": [{"b64": "iVBORw0KGgo="}]}, r"not image files"),
+        BadRequest("v2-image-file", "v2", v2([1], ["iVBORw0KGgo="], "BYTES"), r"not image files"),
     ]
 
 

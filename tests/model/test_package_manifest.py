@@ -21,10 +21,8 @@ def test_manifest_declares_raw_uint8_pixels_and_the_preprocessing_in_the_graph(b
     schema = json.loads((built_project / paths.SCHEMA_FILE).read_text())
     assert manifest.input.dtype == schema["dtype"] == "uint8"
     assert manifest.input.pixel_max == schema["pixel_range"][1]
-    assert (manifest.preprocessing.mean, manifest.preprocessing.std) == (
-        schema["pixel_mean"],
-        schema["pixel_std"],
-    )
+    preprocessing = manifest.preprocessing.to_dict()
+    assert (preprocessing["mean"], preprocessing["std"]) == (schema["pixel_mean"], schema["pixel_std"])
 
 
 def test_manifest_describes_the_network_in_the_checkpoint(built_project: Path) -> None:

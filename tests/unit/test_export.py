@@ -19,7 +19,9 @@ def _checkpoint() -> Checkpoint:
     torch.manual_seed(0)
     params = ModelParams.model_validate(TINY_PARAMS["model"])
     model = build_model(params, (8, 8), num_classes=3)
-    return Checkpoint(params, (8, 8), ("a", "b", "c"), Preprocessing(16.0, 0.3, 0.4), model.state_dict())
+    return Checkpoint(
+        params, (8, 8), ("a", "b", "c"), Preprocessing(16.0, (0.3,), (0.4,)), model.state_dict()
+    )
 
 
 @pytest.fixture(scope="module")

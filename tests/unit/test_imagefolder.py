@@ -1,13 +1,15 @@
-"""load_imagefolder: a class_name/*.png tree read as grayscale arrays with sorted classes."""
+"""load_imagefolder: a class_name/*.png tree read as grayscale or RGB arrays with sorted classes."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from mlpipe.contracts.images import BILINEAR, ImageDecoding
 from mlpipe.core.errors import DataError
 from mlpipe.ml.datasets.imagefolder import load_imagefolder
 
@@ -58,16 +60,70 @@ def test_pixels_are_read_exactly_with_files_in_name_order(tree: Path) -> None:
     assert [int(image[0, 0]) for image in loaded.images[1:]] == [20, 21, 30]
 
 
-def test_colour_images_are_converted_to_8_bit_grayscale(tmp_path: Path) -> None:
+def colour_tree(source: Path) -> Path:
+    """A red image and a grey one."""
     red = np.zeros((2, 2, 3), dtype=np.uint8)
     red[..., 0] = 255
-    write_image(tmp_path / "red" / "a.png", red)
-    write_image(tmp_path / "white" / "a.bmp", np.full((2, 2, 3), 255, dtype=np.uint8))
+    write_image(source / "red" / "a.png", red)
+    write_image(source / "white" / "a.bmp", flat(200, 2, 2))
+    return source
 
-    loaded = load_imagefolder(tmp_path, None)
+
+def test_colour_images_are_converted_to_8_bit_grayscale_when_one_channel_is_asked_for(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    loaded = load_imagefolder(colour_tree(tmp_path), None, channels=1)
 
     # ITU-R 601-2 luma, as Pillow's "L" conversion: 255 * 299 / 1000
-    assert loaded.images[:, 0, 0].tolist() == [76, 255]
+    assert loaded.images.shape == (2, 2, 2)
+    assert loaded.images[:, 0, 0].tolist() == [76, 200]
+    assert f"data.channels is 1: converting the 1 colour images of {tmp_path} to grayscale" in caplog.text
+
+
+def test_a_folder_with_a_colour_image_is_read_as_rgb_and_its_grey_images_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    loaded = load_imagefolder(colour_tree(tmp_path), None)
+
+    assert loaded.images.shape == (2, 2, 2, 3)
+    assert loaded.channels == 3
+    assert loaded.images[:, 0, 0].tolist() == [[255, 0, 0], [200, 200, 200]]
+    assert "1 of the images are colour: reading the 1 grayscale images" in caplog.text
+
+
+def test_a_grayscale_folder_read_as_rgb_repeats_the_grey_and_says_so(
+    tree: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    loaded = load_imagefolder(tree, None, channels=3)
+
+    assert loaded.images.shape == (4, 3, 4, 3)
+    np.testing.assert_array_equal(loaded.images[0, ..., 2], np.arange(12).reshape(3, 4))
+    assert "data.channels is 3: reading the 4 grayscale images" in caplog.text
+
+
+def test_a_grey_palette_is_grayscale_and_a_colour_palette_colour(tmp_path: Path) -> None:
+    for name, palette in (("grey", [0, 0, 0, 90, 90, 90]), ("colour", [0, 0, 0, 0, 90, 0])):
+        image = Image.fromarray(np.eye(3, dtype=np.uint8), mode="P")
+        image.putpalette(palette)
+        image.save(tmp_path / f"{name}.png")
+    for name, channels in (("grey", 1), ("colour", 3)):
+        source = tmp_path / f"{name}-tree"
+        for class_name in ("a", "b"):
+            (source / class_name).mkdir(parents=True)
+            (source / class_name / "x.png").write_bytes((tmp_path / f"{name}.png").read_bytes())
+
+        assert load_imagefolder(source, None).channels == channels
+
+
+def test_the_decoding_of_the_files_is_recorded(tree: Path) -> None:
+    assert load_imagefolder(tree, None).decoding == ImageDecoding(3, 4, 1, None)
+    assert load_imagefolder(tree, (2, 3), channels=3).decoding == ImageDecoding(2, 3, 3, BILINEAR)
 
 
 def test_images_are_resized_to_height_by_width(tmp_path: Path) -> None:

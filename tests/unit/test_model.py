@@ -35,7 +35,9 @@ def _checkpoint(seed: int = 0) -> Checkpoint:
     torch.manual_seed(seed)
     params = ModelParams(width=4, hidden=8)
     model = ConvNet(params, (8, 8), num_classes=3)
-    return Checkpoint(params, (8, 8), ("a", "b", "c"), Preprocessing(16.0, 0.3, 0.4), model.state_dict())
+    return Checkpoint(
+        params, (8, 8), ("a", "b", "c"), Preprocessing(16.0, (0.3,), (0.4,)), model.state_dict()
+    )
 
 
 def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def _checkpoint(model_params: ModelParams) -> model.Checkpoint:
 
 
 def _manifest(params: Params, checkpoint: model.Checkpoint, onnx_bytes: bytes) -> PackageManifest:
-    schema = Schema("digits", CLASSES, IMAGE_SHAPE, 16, 0.3, 0.4, {})
+    schema = Schema("digits", CLASSES, IMAGE_SHAPE, 16, (0.3,), (0.4,), {})
     metrics = {"test_accuracy": 0.5, "test_macro_f1": 0.5, "test_loss": 1.0, "test_examples": 6}
     return package.build_manifest(params, checkpoint, schema, Inputs("p" * 64, "md5:d"), metrics, onnx_bytes)
 

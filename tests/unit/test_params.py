@@ -33,6 +33,25 @@ def test_empty_params_take_the_documented_defaults() -> None:
         ({"data": {"source": "data/raw/mine"}}, "data: source of dataset 'digits' is data/raw/none"),
         ({"package": {"model_name": "Bad_Name"}}, "package.model_name: String should match pattern"),
         ({"train": {"amp": "yes"}}, "train.amp: Input should be a valid boolean"),
+        ({"data": {"channels": 2}}, "data.channels: Input should be 1 or 3"),
+        (
+            {"data": {"channels": 3}},
+            "data: channels: 3 needs colour images (dataset 'imagefolder'); digits is",
+        ),
+        ({"data": {"classes": ["a", "b"]}}, "data: classes applies to dataset 'idx' only"),
+        (
+            {"data": {"dataset": "idx", "source": "data/raw/mine"}},
+            "data: classes is required for dataset 'idx'",
+        ),
+        ({"data": {"dataset": "idx", "classes": ["a", "b"]}}, "data: source is required for dataset 'idx'"),
+        (
+            {"data": {"dataset": "idx", "source": "data/raw/mine", "classes": ["a", "a"]}},
+            "data: classes must be distinct",
+        ),
+        (
+            {"data": {"dataset": "idx", "source": "data/raw/mine", "classes": ["a"]}},
+            "data.classes: List should",
+        ),
     ],
 )
 def test_invalid_value_is_reported_with_its_key(raw: dict, message: str) -> None:
@@ -82,3 +101,10 @@ def test_digest_changes_only_with_the_named_sections() -> None:
     other_lr = parse_params({"train": {"lr": 0.1}})
     assert base.digest("train") == other_eval.digest("train")
     assert base.digest("train") != other_lr.digest("train")
+
+
+def test_channels_default_to_what_the_dataset_holds_and_take_1_or_3() -> None:
+    assert Params().data.channels is None
+    assert parse_params({"data": {"channels": 1}}).data.channels == 1
+    colour = {"dataset": "imagefolder", "source": "data/raw/mine", "channels": 3}
+    assert parse_params({"data": colour}).data.channels == 3

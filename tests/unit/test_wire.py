@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import numpy as np
 import orjson
@@ -76,15 +77,43 @@ def test_binary_data_size_that_does_not_fit_the_shape_is_refused() -> None:
     assert "shape [2, 8, 8] of UINT8 needs 128 bytes; binary_data_size says 64" in refusal(body, headers)
 
 
-@pytest.mark.parametrize("datatype", ["BYTES", "UINT7", ["UINT8"], None])
-def test_binary_tensor_without_a_fixed_size_datatype_is_refused(datatype: object) -> None:
+@pytest.mark.parametrize("datatype", ["UINT7", ["UINT8"], None])
+def test_binary_tensor_of_an_unknown_datatype_is_refused(datatype: object) -> None:
     body, headers = binary_body()
     header_length = int(headers[HEADER_LENGTH])
     header = json.loads(body[:header_length])
     header["inputs"][0]["datatype"] = datatype
     new_header = json.dumps(header).encode()
     message = refusal(new_header + body[header_length:], headers | {HEADER_LENGTH: str(len(new_header))})
-    assert "binary data needs a fixed-size datatype" in message
+    assert "binary data needs a fixed-size datatype (BOOL, INTn, UINTn or FPn) or BYTES" in message
+
+
+def bytes_body(data: bytes, shape: list[int]) -> tuple[bytes, dict]:
+    """A binary request whose one BYTES tensor is ``data`` (elements already length-prefixed)."""
+    tensor = {"name": "pixels", "shape": shape, "datatype": "BYTES"}
+    header = json.dumps({"inputs": [tensor | {"parameters": {"binary_data_size": len(data)}}]}).encode()
+    return header + data, {HEADER_LENGTH: str(len(header))}
+
+
+def test_binary_bytes_tensor_decodes_to_its_elements() -> None:
+    files = [b"\x89PNG first", b"", b"third \x00 file"]
+    data = b"".join(struct.pack("<I", len(f)) + f for f in files)
+    [tensor] = decode_request(*bytes_body(data, [3]), MODEL).inputs
+    assert (tensor.datatype, tensor.data) == ("BYTES", files)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x05\x00", "BYTES data ends inside the length of element 0"),
+        (
+            struct.pack("<I", 2) + b"ab" + struct.pack("<I", 9) + b"abc",
+            "element 1 announces 9 bytes, but 3 follow",
+        ),
+    ],
+)
+def test_binary_bytes_tensor_whose_lengths_do_not_fit_is_refused(data: bytes, message: str) -> None:
+    assert message in refusal(*bytes_body(data, [2]))
 
 
 def test_binary_header_that_is_not_json_is_refused() -> None:

@@ -1,10 +1,11 @@
 """Input drift: the training data's reference profile, and the test that compares inputs with it.
 
-The statistic is the per-image mean intensity (mean pixel / pixel_max, in 0..1): brightness,
-contrast, inverted or blank images and a change of source all move it, and one number per image
-keeps the profile tiny. The profile holds the training split's distribution of it in
-``PROFILE_BINS`` quantile bins (bin edges from the training data, so every bin holds about the
-same share). Inputs are compared with the Population Stability Index over those bins,
+The statistic is the per-image mean intensity (mean pixel / pixel_max, in 0..1, over every
+channel of a colour image): brightness, contrast, inverted or blank images and a change of
+source all move it, and one number per image keeps the profile tiny. The profile holds the
+training split's distribution of it in ``PROFILE_BINS`` quantile bins (bin edges from the
+training data, so every bin holds about the same share). Inputs are compared with the
+Population Stability Index over those bins,
 
     PSI = sum_i (p_i - q_i) * ln(p_i / q_i),   p: inputs' shares, q: training shares,
 
@@ -47,7 +48,8 @@ class DriftError(MlpipeError):
 
 
 def mean_intensity(images: np.ndarray, pixel_max: int) -> np.ndarray:
-    """Per-image mean pixel as a fraction of ``pixel_max``: float64 [N] for images [N, H, W]."""
+    """Per-image mean pixel as a fraction of ``pixel_max``: float64 [N] for images [N, H, W] or
+    [N, H, W, C] (the mean over every channel)."""
     return images.reshape(len(images), -1).mean(axis=1, dtype=np.float64) / pixel_max
 
 
@@ -63,7 +65,7 @@ class Profile:
 
     @classmethod
     def of(cls, images: np.ndarray, pixel_max: int, bins: int = PROFILE_BINS) -> Profile:
-        """The profile of ``images`` (uint8 [N, H, W], the training split)."""
+        """The profile of ``images`` (uint8 [N, H, W] or [N, H, W, C], the training split)."""
         values = mean_intensity(images, pixel_max)
         quantiles = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
         edges = tuple(float(e) for e in np.unique(quantiles))  # ties in discrete data merge bins
@@ -165,7 +167,7 @@ class DriftResult:
 
 
 def compare(profile: Profile, images: np.ndarray, threshold: float = DRIFT_THRESHOLD) -> DriftResult:
-    """Score a batch of images [N, H, W] (raw pixels) against the profile."""
+    """Score a batch of images [N, H, W] or [N, H, W, C] (raw pixels) against the profile."""
     if len(images) == 0:
         raise MlpipeError("no images to compare with the drift profile")
     if images.min() < 0 or images.max() > profile.pixel_max:
@@ -225,15 +227,20 @@ def shifted(images: np.ndarray, shift: Shift, pixel_max: int) -> np.ndarray:
 
 
 def load_images(path: Path) -> np.ndarray:
-    """Raw-pixel images [N, H, W] from a .npy file, as uint8; DataError if they are not that."""
+    """Raw-pixel images [N, H, W] (or [N, H, W, 3], RGB) from a .npy file, as uint8; DataError if
+    they are not that."""
     try:
         images = np.load(path, allow_pickle=False)
     except FileNotFoundError as e:
         raise DataError(f"{path}: not found") from e
     except (ValueError, OSError) as e:
         raise DataError(f"{path}: not a .npy array ({e})") from e
-    if images.ndim != 3 or images.dtype.kind not in "iu" or len(images) == 0:
-        raise DataError(f"{path}: expected integer images [N, H, W], got {images.dtype} {list(images.shape)}")
+    colour = images.ndim == 4 and images.shape[3] == 3
+    if not (images.ndim == 3 or colour) or images.dtype.kind not in "iu" or len(images) == 0:
+        raise DataError(
+            f"{path}: expected integer images [N, H, W] or [N, H, W, 3], "
+            f"got {images.dtype} {list(images.shape)}"
+        )
     if images.min() < 0 or images.max() > np.iinfo(np.uint8).max:
         raise DataError(f"{path}: pixel values must be within 0..255, got {images.min()}..{images.max()}")
     return images.astype(np.uint8)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mlpipe.contracts.images import ImageDecoding
 from mlpipe.contracts.preprocessing import Preprocessing
 from mlpipe.core.lineage import Inputs
 
@@ -31,32 +32,58 @@ ONNX_INPUT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
 
 @dataclass(frozen=True)
 class PackageInput:
-    """Images [N, height, width] of ``dtype`` pixels in 0..pixel_max, at most max_batch_size."""
+    """Images [N, *shape] of ``dtype`` pixels in 0..pixel_max, at most max_batch_size: ``shape``
+    is [height, width] (grayscale) or [height, width, 3] (RGB, channels last). ``decoding`` says
+    how an image file becomes such pixels, for a model trained on image files (else None)."""
 
-    shape: tuple[int, int]
+    shape: tuple[int, ...]
     pixel_max: int
     max_batch_size: int
     name: str = INPUT_NAME
     dtype: str = INPUT_DTYPE
+    decoding: ImageDecoding | None = None
+
+    def __post_init__(self) -> None:
+        if not (len(self.shape) == 2 or (len(self.shape) == 3 and self.shape[2] == 3)):
+            raise ValueError(
+                f"input shape must be [height, width] or [height, width, 3], got {list(self.shape)}"
+            )
+
+    @property
+    def height(self) -> int:
+        return self.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.shape[1]
+
+    @property
+    def channels(self) -> int:
+        return 1 if len(self.shape) == 2 else self.shape[2]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        raw: dict[str, Any] = {
             "name": self.name,
             "shape": list(self.shape),
             "dtype": self.dtype,
             "pixel_range": [0, self.pixel_max],
             "max_batch_size": self.max_batch_size,
         }
+        if self.decoding is not None:
+            raw["decoding"] = self.decoding.to_json()
+        return raw
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> PackageInput:
-        height, width = (int(n) for n in raw["shape"])
+        shape = tuple(int(n) for n in raw["shape"])
+        decoding = raw.get("decoding")
         return cls(
-            shape=(height, width),
+            shape=shape,
             pixel_max=int(raw["pixel_range"][1]),
             max_batch_size=int(raw["max_batch_size"]),
             name=str(raw["name"]),
             dtype=str(raw["dtype"]),
+            decoding=None if decoding is None else ImageDecoding.from_json(decoding),
         )
 
 

@@ -25,18 +25,27 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+# The datasets whose images are grayscale whatever their files hold.
+GRAYSCALE_DATASETS = ("digits", "fashion-mnist", "idx")
+
+
 class DataParams(_Section):
     """Which dataset to prepare and how to split it."""
 
-    dataset: Literal["digits", "fashion-mnist", "imagefolder"] = "digits"
-    # The dataset's directory, prepare's only data dep: fashion-mnist: the four IDX files;
-    # imagefolder: class_name/*.png; kept under data/raw and `dvc add`-ed. None: no files in the
-    # project (digits; Fashion-MNIST downloaded), spelt data/raw/none in params.yaml for DVC.
+    dataset: Literal["digits", "fashion-mnist", "idx", "imagefolder"] = "digits"
+    # The dataset's directory, prepare's only data dep: fashion-mnist: the four IDX files; idx:
+    # pairs of IDX files; imagefolder: class_name/*.png; kept under data/raw and `dvc add`-ed.
+    # None: no files in the project (digits; Fashion-MNIST downloaded), spelt data/raw/none in
+    # params.yaml for DVC.
     source: str | None = None
     # [height, width] to resize imagefolder images to; null requires them all to share one size.
     image_size: (
         Annotated[list[Annotated[int, Field(ge=4, le=512)]], Field(min_length=2, max_length=2)] | None
     ) = None
+    # 1 (grayscale) or 3 (RGB); None: what the dataset has (an image folder: 3 if any image is colour).
+    channels: Literal[1, 3] | None = None
+    # idx only: the class names, one per label value (label i is classes[i]).
+    classes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=2)] | None = None
     val_fraction: Fraction = 0.1
     test_fraction: Fraction = 0.2
     max_samples: Annotated[int, Field(ge=10)] | None = None
@@ -58,6 +67,18 @@ class DataParams(_Section):
             raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
         if self.dataset == "imagefolder" and not self.source:
             raise ValueError("source is required for dataset 'imagefolder' (a class_name/*.png tree)")
+        if self.dataset == "idx" and not self.source:
+            raise ValueError("source is required for dataset 'idx' (a directory of IDX file pairs)")
+        if self.dataset == "idx" and self.classes is None:
+            raise ValueError("classes is required for dataset 'idx': one name per label, e.g. [cat, dog]")
+        if self.classes is not None and self.dataset != "idx":
+            raise ValueError("classes applies to dataset 'idx' only (the others name their classes)")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be distinct; got {self.classes}")
+        if self.channels == 3 and self.dataset in GRAYSCALE_DATASETS:
+            raise ValueError(
+                f"channels: 3 needs colour images (dataset 'imagefolder'); {self.dataset} is grayscale"
+            )
         if self.dataset == "digits" and self.source:
             raise ValueError(f"source of dataset 'digits' is {NO_LOCAL_SOURCE} (scikit-learn ships it)")
         if self.image_size is not None and self.dataset != "imagefolder":

@@ -29,10 +29,10 @@ def run(params: Params) -> None:
     schema = read_schema()
     test = read_split(paths.TEST_SPLIT, schema=schema)
     checkpoint = load_checkpoint(paths.CHECKPOINT_FILE)
-    if checkpoint.classes != schema.classes or checkpoint.image_shape != schema.image_shape:
+    if checkpoint.classes != schema.classes or checkpoint.input_shape != schema.array_shape:
         raise ArtifactError(
-            f"{paths.CHECKPOINT_FILE} was trained on other data (classes or image shape differ "
-            f"from {paths.SCHEMA_FILE}); rerun `dvc repro train`"
+            f"{paths.CHECKPOINT_FILE} was trained on other data (classes, image shape or channels "
+            f"differ from {paths.SCHEMA_FILE}); rerun `dvc repro train`"
         )
     model = checkpoint.build()
     inputs = torch.from_numpy(checkpoint.preprocessing.apply(test.images))

@@ -1,9 +1,10 @@
 """ONNX export of a checkpoint as the served model, and its check against PyTorch.
 
-The graph takes raw pixels [N, H, W] in the data's own dtype (mlpipe.contracts.manifest.INPUT_DTYPE) and
-returns class probabilities [N, C]; the cast and the normalisation happen inside it, so every
-consumer (the server, MLflow's pyfunc, ONNX Runtime) feeds it the pixels as the prepared arrays
-hold them.
+The graph takes raw pixels [N, H, W] (grayscale) or [N, H, W, 3] (RGB, channels last) in the
+data's own dtype (mlpipe.contracts.manifest.INPUT_DTYPE) and returns class probabilities [N, C];
+the cast, the normalisation and the move of the channels before the rows happen inside it, so
+every consumer (the server, MLflow's pyfunc, ONNX Runtime) feeds it the pixels as the prepared
+arrays hold them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ PIXEL_DTYPE = getattr(torch, INPUT_DTYPE)
 
 
 class ServedModel(nn.Module):
-    """Raw pixels [N, H, W] (INPUT_DTYPE) -> class probabilities [N, C], preprocessing included."""
+    """Raw pixels [N, H, W] or [N, H, W, C] (INPUT_DTYPE) -> class probabilities [N, C],
+    preprocessing included."""
 
     def __init__(self, network: nn.Module, preprocessing: Preprocessing) -> None:
         super().__init__()
@@ -33,7 +35,11 @@ class ServedModel(nn.Module):
         self.preprocessing = preprocessing
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        inputs = self.preprocessing.normalise(pixels.to(torch.float32)).unsqueeze(1)
+        normalised = self.preprocessing.normalise(pixels.to(torch.float32))
+        if self.preprocessing.channels == 1:
+            inputs = normalised.unsqueeze(1)
+        else:
+            inputs = normalised.permute(0, 3, 1, 2)
         return torch.softmax(self.network(inputs), dim=1)
 
 
@@ -41,7 +47,7 @@ def export_onnx(checkpoint: Checkpoint, opset: int) -> bytes:
     """Export with a dynamic batch dimension; the bytes depend only on the weights, not on
     where the code lives."""
     served = ServedModel(checkpoint.build(), checkpoint.preprocessing).eval()
-    example = torch.zeros((2, *checkpoint.image_shape), dtype=PIXEL_DTYPE)
+    example = torch.zeros((2, *checkpoint.input_shape), dtype=PIXEL_DTYPE)
     batch = torch.export.Dim("batch", min=1, max=65_536)
     # The exporter narrates its steps on stdout and warns about torchvision ops this model
     # never uses (torch resets its loggers on import, so this cannot live in the CLI setup).

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlpipe.contracts.data import image_array_shape
 from mlpipe.contracts.preprocessing import Preprocessing
 from mlpipe.core import atomic
 from mlpipe.core.errors import ArtifactError
@@ -21,12 +22,15 @@ CHECKPOINT_FORMAT = 1
 
 class ConvNet(nn.Module):
     """`depth` conv blocks (conv3x3 → [batch norm] → ReLU → 2×2 max-pool while the map is ≥ 2 px),
-    channels starting at `width` and doubling, then a dropout-regularised two-layer head."""
+    channels starting at `width` and doubling, then a dropout-regularised two-layer head.
+    ``image_shape`` is one image's as the prepared data hold it: (H, W), or (H, W, C) for C
+    colour channels."""
 
-    def __init__(self, params: ModelParams, image_shape: tuple[int, int], num_classes: int) -> None:
+    def __init__(self, params: ModelParams, image_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        channels, (height, width) = 1, image_shape
+        height, width = image_shape[:2]
+        channels = image_shape[2] if len(image_shape) == 3 else 1
         for block in range(params.depth):
             out_channels = params.width * 2**block
             layers.append(nn.Conv2d(channels, out_channels, 3, padding=1, bias=not params.batch_norm))
@@ -48,13 +52,14 @@ class ConvNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised images [N, 1, H, W] → logits [N, num_classes]."""
+        """Normalised images [N, C, H, W] → logits [N, num_classes]."""
         return self.head(self.features(x))
 
 
-def build_model(params: ModelParams, image_shape: tuple[int, int], num_classes: int) -> nn.Module:
-    """The network `train` fits and a checkpoint rebuilds: normalised images [N, 1, H, W] in,
-    logits [N, num_classes] out. The one place that names the model's class."""
+def build_model(params: ModelParams, image_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The network `train` fits and a checkpoint rebuilds: normalised images [N, C, H, W] in,
+    logits [N, num_classes] out, for images of ``image_shape`` as the prepared data hold them:
+    (H, W) with C = 1, or (H, W, C). The one place that names the model's class."""
     return ConvNet(params, image_shape, num_classes)
 
 
@@ -68,9 +73,19 @@ class Checkpoint:
     preprocessing: Preprocessing
     state_dict: dict[str, torch.Tensor]
 
+    @property
+    def channels(self) -> int:
+        """The images' channels: one normalisation mean per channel."""
+        return self.preprocessing.channels
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One image's shape as the model takes it: (H, W), or (H, W, C) for colour."""
+        return image_array_shape(self.image_shape, self.channels)
+
     def build(self) -> nn.Module:
         """The model in eval mode, on the CPU, with the trained weights."""
-        model = build_model(self.model_params, self.image_shape, len(self.classes))
+        model = build_model(self.model_params, self.input_shape, len(self.classes))
         model.load_state_dict(self.state_dict)
         return model.eval()
 
@@ -118,7 +133,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Logits for normalised inputs [N, 1, H, W], computed in eval mode in batches."""
+    """Logits for normalised inputs [N, C, H, W], computed in eval mode in batches."""
     was_training = model.training
     model.eval()
     outputs = [model(batch).float() for batch in inputs.split(batch_size)]

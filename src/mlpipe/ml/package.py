@@ -66,9 +66,10 @@ def build_manifest(
         name=params.package.model_name,
         model_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
         input=PackageInput(
-            shape=checkpoint.image_shape,
+            shape=checkpoint.input_shape,
             pixel_max=schema.pixel_max,
             max_batch_size=params.package.max_batch_size,
+            decoding=schema.decoding,
         ),
         labels=checkpoint.classes,
         preprocessing=checkpoint.preprocessing,
@@ -92,7 +93,7 @@ def model_card(manifest: PackageManifest, params: Params, per_class: list[dict[s
         name=manifest.name,
         dataset=manifest.dataset,
         class_count=len(manifest.labels),
-        shape="×".join(map(str, spec.shape)),
+        shape=f"{spec.height}×{spec.width}",
         input_name=spec.name,
         input_dtype=spec.dtype,
         input_dims=", ".join(map(str, spec.shape)),
@@ -101,8 +102,9 @@ def model_card(manifest: PackageManifest, params: Params, per_class: list[dict[s
         output_name=manifest.output_name,
         labels=", ".join(f"`{label}`" for label in manifest.labels),
         scale=f"{pre.pixel_max:g}",
-        mean=f"{pre.mean:g}",
-        std=f"{pre.std:g}",
+        colour="grayscale" if spec.channels == 1 else "RGB",
+        mean=_per_channel(pre.mean),
+        std=_per_channel(pre.std),
         test_accuracy=f"{metrics['test_accuracy']:.4f}",
         test_macro_f1=f"{metrics['test_macro_f1']:.4f}",
         test_loss=f"{metrics['test_loss']:.4f}",
@@ -123,6 +125,12 @@ def model_card(manifest: PackageManifest, params: Params, per_class: list[dict[s
         params_hash=manifest.lineage.params_hash,
         model_sha256=manifest.model_sha256,
     )
+
+
+def _per_channel(values: tuple[float, ...]) -> str:
+    """One channel's value as a number, several as a list."""
+    shown = ", ".join(f"{value:g}" for value in values)
+    return shown if len(values) == 1 else f"[{shown}]"
 
 
 def run(params: Params) -> None:

@@ -61,7 +61,8 @@ def confusion_matrix_png(path: Path, matrix: np.ndarray, classes: Sequence[str],
 def misclassified_png(
     path: Path, images: np.ndarray, true: Sequence[str], predicted: Sequence[str], limit: int
 ) -> None:
-    """A grid of up to ``limit`` misclassified images captioned `true → predicted`."""
+    """A grid of up to ``limit`` misclassified images captioned `true → predicted`: grayscale
+    images [N, H, W] in inverted greys, RGB images [N, H, W, 3] in their colours."""
     count = min(len(images), limit)
     columns = max(1, min(6, count))
     rows = max(1, -(-count // columns))
@@ -70,7 +71,10 @@ def misclassified_png(
         fig.text(0.5, 0.5, "no misclassified examples", ha="center", va="center")
     for i in range(count):
         ax = fig.add_subplot(rows, columns, i + 1)
-        ax.imshow(images[i], cmap="gray_r")
+        if images.ndim == 3:
+            ax.imshow(images[i], cmap="gray_r")
+        else:
+            ax.imshow(images[i])
         ax.set_title(f"{true[i]} → {predicted[i]}", fontsize=8)
         ax.axis("off")
     _save(plt, fig, path)

@@ -42,17 +42,22 @@ def split_indices(labels: np.ndarray, params: DataParams) -> dict[str, np.ndarra
     return {paths.TRAIN_SPLIT: train, paths.VAL_SPLIT: val, paths.TEST_SPLIT: test}
 
 
-def pixel_stats(images: np.ndarray, pixel_max: int) -> tuple[float, float]:
-    """Mean and standard deviation of ``images / pixel_max``, computed exactly.
+def pixel_stats(images: np.ndarray, pixel_max: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of ``images / pixel_max`` (images [N, H, W] have
+    one channel, [N, H, W, C] C of them), computed exactly.
 
     Integer sums and rational arithmetic: a float reduction's result depends on the CPU's
     vector width, and these values feed every later stage.
     """
-    pixels = images.astype(np.int64).ravel()
-    count, total, squares = len(pixels), int(pixels.sum()), int((pixels * pixels).sum())
-    mean = Fraction(total, count * pixel_max)
-    variance = Fraction(squares, count * pixel_max**2) - mean * mean
-    return float(mean), math.sqrt(variance)
+    channels = 1 if images.ndim == 3 else images.shape[-1]
+    means, stds = [], []
+    for pixels in images.astype(np.int64).reshape(-1, channels).T:
+        count, total, squares = len(pixels), int(pixels.sum()), int((pixels * pixels).sum())
+        mean = Fraction(total, count * pixel_max)
+        variance = Fraction(squares, count * pixel_max**2) - mean * mean
+        means.append(float(mean))
+        stds.append(math.sqrt(variance))
+    return tuple(means), tuple(stds)
 
 
 def _class_counts(data: LabeledImages) -> dict[str, int]:
@@ -72,16 +77,23 @@ def run(params: Params) -> None:
     )
     splits = {name: dataset.subset(idx) for name, idx in split_indices(dataset.labels, params.data).items()}
     mean, std = pixel_stats(splits[paths.TRAIN_SPLIT].images, dataset.pixel_max)
-    if std == 0.0:
+    if dataset.channels == 1 and std[0] == 0.0:
         raise DataError("every training image has the same pixel value; nothing to learn from")
+    if 0.0 in std:
+        raise DataError(
+            f"every training image has the same value in colour channel {std.index(0.0)} (0: red, "
+            "1: green, 2: blue), which cannot be standardised; set data.channels: 1 to read them as grayscale"
+        )
     schema = Schema(
         dataset=params.data.dataset,
         classes=dataset.classes,
         image_shape=(int(dataset.images.shape[1]), int(dataset.images.shape[2])),
         pixel_max=dataset.pixel_max,
-        pixel_mean=round(mean, 6),
-        pixel_std=round(std, 6),
+        pixel_mean=tuple(round(m, 6) for m in mean),
+        pixel_std=tuple(round(s, 6) for s in std),
         split_counts={name: _class_counts(split) for name, split in splits.items()},
+        channels=dataset.channels,
+        decoding=dataset.decoding,
     )
     with atomic.replace_dir(paths.PREPARED_DIR) as staging:
         for name, split in splits.items():

@@ -203,7 +203,7 @@ def _run(params: Params, world: distributed.World, device: torch.device) -> None
         origin = lineage.current(params.digest("data", "model", "train"))
 
     generator = seed_everything(params.train.seed + world.rank, device, params.train.deterministic)
-    model = build_model(params.model, schema.image_shape, len(schema.classes)).to(device)
+    model = build_model(params.model, schema.array_shape, len(schema.classes)).to(device)
     train_data = Tensors.of(train_split, preprocessing, device)
     train_data = Tensors(*world.shard(train_data.inputs, train_data.labels))
     val_data = Tensors.of(val_split, preprocessing, device)

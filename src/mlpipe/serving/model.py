@@ -43,7 +43,8 @@ MODEL_LOAD_ERRORS = (
 
 
 class ImageClassifier(Model):
-    """Classifies grayscale images given as raw pixels; returns class index, label, probabilities."""
+    """Classifies images given as raw pixels (or, for a model trained on image files, as the files);
+    returns class index, label, probabilities."""
 
     name: str  # kserve's Model sets it
 
@@ -121,7 +122,8 @@ class ImageClassifier(Model):
         return self.package, self.session
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities [N, C] for checked pixels [N, H, W], in one forward pass."""
+        """Class probabilities [N, C] for checked pixels [N, H, W] (or [N, H, W, 3]), in one
+        forward pass."""
         package, session = self._ready_parts()
         # The model takes the data's own dtype (the manifest's); fractional pixels, which only a
         # V1 or FP32 request can carry, go to the nearest whole value. A package made before
@@ -178,7 +180,7 @@ class ImageClassifier(Model):
 
     def get_input_types(self) -> list[dict[str, Any]]:
         package, _ = self._ready_parts()
-        shape = [-1, package.input.height, package.input.width]
+        shape = [-1, *package.input.image_shape]
         return [{"name": package.input.name, "datatype": package.input.datatype, "shape": shape}]
 
     def get_output_types(self) -> list[dict[str, Any]]:

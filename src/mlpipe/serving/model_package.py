@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlpipe.contracts.data import image_array_shape
+from mlpipe.contracts.images import ImageDecoding
 from mlpipe.contracts.manifest import MANIFEST_FILE, READABLE_FORMATS, PackageManifest
 from mlpipe.core.errors import ArtifactError
 from mlpipe.core.tables import read_json
@@ -22,7 +24,8 @@ VERSION_DIGITS = 12  # a package's version: the start of its model's sha256, lik
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What one request may carry: images [N, height, width] with pixels in 0..pixel_max."""
+    """What one request may carry: images [N, height, width] (or [N, height, width, channels])
+    with pixels in 0..pixel_max, or, when ``decoding`` says how to read them, image files."""
 
     name: str
     height: int
@@ -30,6 +33,13 @@ class InputSpec:
     pixel_max: int
     max_batch_size: int
     datatype: str  # V2 datatype of the prepared pixels, e.g. UINT8
+    channels: int = 1
+    decoding: ImageDecoding | None = None  # None: the model takes no image files
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """One image's shape: (height, width), or (height, width, channels) for colour."""
+        return image_array_shape((self.height, self.width), self.channels)
 
     @property
     def dtype(self) -> str:
@@ -91,7 +101,6 @@ def read_package(model_dir: Path) -> ModelPackage:
     try:
         manifest = PackageManifest.from_json(raw)
         spec = manifest.input
-        height, width = spec.shape
         datatype = V2_DATATYPES[spec.dtype]
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise ArtifactError(
@@ -102,7 +111,16 @@ def read_package(model_dir: Path) -> ModelPackage:
         name=manifest.name,
         version=manifest.model_sha256[:VERSION_DIGITS],
         model_bytes=_model_bytes(model_dir, manifest),
-        input=InputSpec(spec.name, height, width, spec.pixel_max, spec.max_batch_size, datatype),
+        input=InputSpec(
+            spec.name,
+            spec.height,
+            spec.width,
+            spec.pixel_max,
+            spec.max_batch_size,
+            datatype,
+            spec.channels,
+            spec.decoding,
+        ),
         output_name=manifest.output_name,
         labels=manifest.labels,
     )

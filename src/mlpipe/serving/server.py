@@ -37,9 +37,18 @@ JSON_BYTES_PER_PIXEL = 24
 JSON_OVERHEAD_BYTES = 64 * 1024
 
 
+# A model that resizes image files takes files of any size, a camera's photos included: room for
+# a few of them, base64-encoded.
+IMAGE_FILES_BODY_BYTES = 16 * 2**20
+
+
 def default_max_body_bytes(spec: InputSpec) -> int:
-    """The largest body a full batch of ``spec``'s images needs as JSON, the most verbose encoding."""
-    return spec.max_batch_size * spec.height * spec.width * JSON_BYTES_PER_PIXEL + JSON_OVERHEAD_BYTES
+    """The largest body a full batch of ``spec``'s images needs as JSON, the most verbose encoding
+    (at least IMAGE_FILES_BODY_BYTES for a model that resizes image files)."""
+    values = spec.height * spec.width * spec.channels
+    pixels = spec.max_batch_size * values * JSON_BYTES_PER_PIXEL + JSON_OVERHEAD_BYTES
+    resizes = spec.decoding is not None and spec.decoding.resize is not None
+    return max(pixels, IMAGE_FILES_BODY_BYTES) if resizes else pixels
 
 
 class EdgeRESTServer(RESTServer):

@@ -1,11 +1,16 @@
 """Turning V1 and V2 request payloads into checked pixel arrays, or a 400 that says what is wrong.
 
 Every check runs before the model sees the data, against the package's input spec: shape
-[N, H, W], 1 <= N <= max_batch_size, numbers only, finite, within 0..pixel_max.
+[N, H, W] (or [N, H, W, 3] for an RGB model), 1 <= N <= max_batch_size, numbers only, finite,
+within 0..pixel_max. A model trained on image files also takes the files themselves (V1
+``{"b64": ...}`` instances, a V2 BYTES tensor), read by the function `prepare` read its
+training images with (mlpipe.contracts.images.decode_image).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from typing import Any
 
@@ -13,6 +18,7 @@ import numpy as np
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 
+from mlpipe.contracts.images import FORMAT_NAMES, ImageDecoding, ImageError, decode_image
 from mlpipe.serving.model_package import InputSpec
 
 # What can be wrong with a request's input: the `reason` label of the rejected-requests metric.
@@ -25,6 +31,7 @@ INPUT_PROBLEMS = (
     "pixel_values",
     "body",
     "content_type",
+    "image",
 )
 
 
@@ -40,12 +47,18 @@ class BadInput(InvalidInput):
 
 # V2 datatypes a client may send pixels as; UINT8 is the prepared arrays' own dtype.
 V2_DATATYPES = ("UINT8", "FP32")
+# The V2 datatype of encoded image files: one file per element.
+V2_FILES = "BYTES"
 NUMERIC_KINDS = "iuf"  # NumPy dtype kinds: signed, unsigned, float (not bool, str, object)
 KIND_NAMES = {"b": "true/false", "U": "text", "S": "text", "O": "null or mixed"}
+# The largest image file a client may send a resizing model, in pixels: it is decoded in full
+# before it is resized (a 6,000 x 4,000 photo fits). Checked on the file's header, before decoding.
+MAX_IMAGE_PIXELS = 2**25
+V1_FILE = '{"b64": "<base64 of a ' + FORMAT_NAMES + ' file>"}'
 
 
 def _image_shape(spec: InputSpec) -> str:
-    return f"[N, {spec.height}, {spec.width}]"
+    return "[" + ", ".join(["N", *map(str, spec.image_shape)]) + "]"
 
 
 def _check_batch_size(n: int, spec: InputSpec) -> None:
@@ -87,8 +100,50 @@ def _checked_pixels(array: np.ndarray, spec: InputSpec, whole_numbers: bool) -> 
     return pixels
 
 
+def _file_decoding(spec: InputSpec) -> ImageDecoding:
+    """How the model reads an image file; a 400 if it takes raw pixels only."""
+    if spec.decoding is None:
+        raise BadInput(
+            "image",
+            f"this model takes raw pixels {_image_shape(spec)}, not image files (it was not trained "
+            "on image files); send the pixel values",
+        )
+    return spec.decoding
+
+
+def _decoded(files: list[bytes], decoding: ImageDecoding, where: str) -> np.ndarray:
+    """Pixels float32 [N, H, W] (or [N, H, W, 3]) of image files, read as `prepare` read the
+    training images; ``where`` names the n-th file in a message (``where.format(n)``)."""
+    images = []
+    for index, data in enumerate(files):
+        try:
+            images.append(decode_image(data, decoding, MAX_IMAGE_PIXELS))
+        except ImageError as e:
+            raise BadInput("image", f"{where.format(index)}: {e}") from e
+    return np.stack(images).astype(np.float32)
+
+
+def _base64(text: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise BadInput("image", f"{where}: not valid base64 ({e})") from e
+
+
+def _v1_file(instance: Any, index: int) -> bytes:
+    """The bytes of a V1 instance ``{"b64": "..."}``."""
+    if not (isinstance(instance, dict) and instance.keys() == {"b64"} and isinstance(instance["b64"], str)):
+        raise BadInput(
+            "image",
+            f"instance {index}: an image file is sent as {V1_FILE}; every instance must be one "
+            f"when one is (got {type(instance).__name__})",
+        )
+    return _base64(instance["b64"], f"instance {index}")
+
+
 def v1_images(body: Any, spec: InputSpec) -> np.ndarray:
-    """Pixels float32 [N, H, W] from a V1 body ``{"instances": [image, ...]}``."""
+    """Pixels float32 [N, H, W] (or [N, H, W, 3]) from a V1 body ``{"instances": [image, ...]}``,
+    each image its pixel rows or, for a model trained on image files, ``{"b64": ...}``."""
     if not isinstance(body, dict):
         raise BadInput(
             "body",
@@ -97,12 +152,17 @@ def v1_images(body: Any, spec: InputSpec) -> np.ndarray:
         )
     instances = body.get("instances")
     if not isinstance(instances, list):
+        pixels = "pixels" if spec.channels == 1 else f"pixels of {spec.channels} values"
         raise BadInput(
-            "body", f'"instances" must be a list of images, each {spec.height} rows of {spec.width} pixels'
+            "body", f'"instances" must be a list of images, each {spec.height} rows of {spec.width} {pixels}'
         )
     _check_batch_size(len(instances), spec)
+    if any(isinstance(instance, dict) for instance in instances):
+        decoding = _file_decoding(spec)
+        files = [_v1_file(instance, index) for index, instance in enumerate(instances)]
+        return _decoded(files, decoding, "instance {}")
     array = _as_numeric_array(instances, '"instances"')
-    if array.shape[1:] != (spec.height, spec.width):
+    if array.shape[1:] != spec.image_shape:
         raise BadInput("shape", f'"instances" must have shape {_image_shape(spec)}; got {list(array.shape)}')
     return _checked_pixels(array, spec, whole_numbers=False)
 
@@ -118,19 +178,54 @@ def _tensor_data(tensor: InferInput) -> Any:
         ) from e
 
 
+def _v2_files(tensor: InferInput, spec: InputSpec) -> np.ndarray:
+    """Pixels of a BYTES tensor [N] holding one image file per element: base64 text in JSON,
+    the file's own bytes in binary data."""
+    decoding = _file_decoding(spec)
+    shape = list(tensor.shape)
+    if len(shape) != 1:
+        raise BadInput(
+            "shape",
+            f"input {spec.name!r} of {V2_FILES} holds one image file per element: shape [N]; got {shape}",
+        )
+    _check_batch_size(shape[0], spec)
+    elements = _tensor_data(tensor)
+    if not isinstance(elements, list | np.ndarray) or len(elements) != shape[0]:
+        found = len(elements) if isinstance(elements, list | np.ndarray) else type(elements).__name__
+        raise BadInput(
+            "shape", f"input {spec.name!r}: shape {shape} needs {shape[0]} image files; got {found}"
+        )
+    files = []
+    for index, element in enumerate(elements):
+        where = f"input {spec.name!r}, image {index}"
+        if isinstance(element, str):
+            files.append(_base64(element, where))
+        elif isinstance(element, bytes):
+            files.append(element)
+        else:
+            raise BadInput(
+                "image", f"{where}: a {V2_FILES} element is a base64 string (or raw bytes in binary data)"
+            )
+    return _decoded(files, decoding, f"input {spec.name!r}, image {{}}")
+
+
 def v2_images(request: InferRequest, spec: InputSpec) -> np.ndarray:
-    """Pixels float32 [N, H, W] from a V2 request with one UINT8 or FP32 tensor [N, H, W]."""
+    """Pixels float32 [N, H, W] (or [N, H, W, 3]) from a V2 request with one UINT8 or FP32 tensor
+    of that shape, or, for a model trained on image files, a BYTES tensor [N] of them."""
     names = [tensor.name for tensor in request.inputs]
     if names != [spec.name]:
         raise BadInput("input_name", f"expected exactly one input tensor named {spec.name!r}; got {names}")
     tensor = request.inputs[0]
+    if tensor.datatype == V2_FILES:
+        return _v2_files(tensor, spec)
     if tensor.datatype not in V2_DATATYPES:
+        files = f", or {V2_FILES} (image files)" if spec.decoding else ""
         raise BadInput(
             "datatype",
-            f"input {spec.name!r} has datatype {tensor.datatype}; send {' or '.join(V2_DATATYPES)}",
+            f"input {spec.name!r} has datatype {tensor.datatype}; send {' or '.join(V2_DATATYPES)}{files}",
         )
     shape = list(tensor.shape)
-    if len(shape) != 3 or shape[1:] != [spec.height, spec.width]:
+    if shape[1:] != list(spec.image_shape):
         raise BadInput("shape", f"input {spec.name!r} must have shape {_image_shape(spec)}; got {shape}")
     _check_batch_size(shape[0], spec)
     array = _as_numeric_array(_tensor_data(tensor), f"the data of input {spec.name!r}")

@@ -1,7 +1,8 @@
 """The V2 (Open Inference Protocol) REST wire format: request bodies in, response bodies out.
 
 A request body is JSON, or JSON followed by raw tensor bytes (the binary tensor data extension,
-with the JSON's length in ``Inference-Header-Content-Length``). Every way a body can be
+with the JSON's length in ``Inference-Header-Content-Length``; a BYTES tensor's elements each as
+a 4-byte little-endian length and that many bytes). Every way a body can be
 malformed raises ``BadInput`` naming what is wrong, where, and how to fix it; KServe's own
 decoder lets some of them escape as server errors (a short binary body, a non-numeric length).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -107,8 +109,13 @@ def _header_length(value: str, body_size: int) -> int:
     return int(value)
 
 
-def _binary_layout(tensor: Mapping[str, Any]) -> tuple[np.dtype, int]:
-    """The element type and byte count of a binary tensor, checked against its shape."""
+BYTES = "BYTES"
+BYTES_LENGTH = struct.Struct("<I")  # the length before each element of a binary BYTES tensor
+
+
+def _binary_layout(tensor: Mapping[str, Any]) -> tuple[np.dtype | None, int]:
+    """The element type (None: BYTES, elements of their own length) and byte count of a binary
+    tensor, checked against its shape."""
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if type(size) is not int or size < 0:
@@ -117,13 +124,14 @@ def _binary_layout(tensor: Mapping[str, Any]) -> tuple[np.dtype, int]:
             f"input {name!r}: parameters.binary_data_size must be the byte count of its data after "
             f"the JSON header, a whole number >= 0; got {size!r}",
         )
-    # BYTES elements carry their own length: binary tensors here have a fixed-size datatype.
+    if datatype == BYTES:  # its elements carry their own length: checked as they are read
+        return None, size
     dtype = to_np_dtype(datatype) if isinstance(datatype, str) else None
     if dtype is None or dtype is np.object_:
         raise BadInput(
             "datatype",
-            f"input {name!r}: binary data needs a fixed-size datatype (BOOL, INTn, UINTn or FPn); "
-            f"got {datatype!r}",
+            f"input {name!r}: binary data needs a fixed-size datatype (BOOL, INTn, UINTn or FPn) "
+            f"or BYTES; got {datatype!r}",
         )
     dtype = np.dtype(dtype)
     if isinstance(shape, list) and size != math.prod(shape) * dtype.itemsize:
@@ -160,10 +168,36 @@ def _binary_request(body: bytes, header_length: int, model_name: str) -> InferRe
     for tensor, infer_input in zip(header["inputs"], request.inputs, strict=True):
         if id(tensor) in layouts:
             dtype, size = layouts[id(tensor)]
-            # A flat view of the tensor's bytes: the model checks them against the shape.
-            infer_input.data = np.frombuffer(body, dtype, size // dtype.itemsize, offset)
+            if dtype is None:
+                infer_input.data = _bytes_elements(body[offset : offset + size], infer_input.name)
+            else:
+                # A flat view of the tensor's bytes: the model checks them against the shape.
+                infer_input.data = np.frombuffer(body, dtype, size // dtype.itemsize, offset)
             offset += size
     return request
+
+
+def _bytes_elements(data: bytes, name: str) -> list[bytes]:
+    """The elements of a binary BYTES tensor: each a 4-byte little-endian length, then its bytes."""
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(data):
+        if offset + BYTES_LENGTH.size > len(data):
+            raise BadInput(
+                "body", f"input {name!r}: BYTES data ends inside the length of element {len(elements)}"
+            )
+        (length,) = BYTES_LENGTH.unpack_from(data, offset)
+        offset += BYTES_LENGTH.size
+        if offset + length > len(data):
+            raise BadInput(
+                "body",
+                f"input {name!r}: BYTES element {len(elements)} announces {length} bytes, but "
+                f"{len(data) - offset} follow; each element is a 4-byte little-endian length, then "
+                "that many bytes",
+            )
+        elements.append(data[offset : offset + length])
+        offset += length
+    return elements
 
 
 def decode_request(body: bytes, headers: Mapping[str, str], model_name: str) -> InferRequest:

@@ -49,7 +49,7 @@ def package_bytes(model_dir: Path) -> int:
 
 def _inputs(package: ModelPackage, onnx_type: str, count: int, rng: np.random.Generator) -> np.ndarray:
     spec = package.input
-    shape = (count, spec.height, spec.width)
+    shape = (count, *spec.image_shape)
     return np.round(rng.random(shape) * spec.pixel_max).astype(ONNX_INPUT_DTYPES.get(onnx_type, spec.dtype))
 
 

@@ -13,11 +13,9 @@ from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-import numpy as np
-
 from mlpipe.contracts.data import LabeledImages
 from mlpipe.core.errors import DataError
-from mlpipe.ml.datasets.idx import read_idx
+from mlpipe.ml.datasets.idx import read_pairs
 
 log = logging.getLogger(__name__)
 
@@ -79,39 +77,9 @@ def load_fashion_mnist(
         files = _download_all(cache_dir, checksums, mirrors, timeout)
     else:
         files = _locate(source, checksums)
-    train_images, train_labels = _read_split(files[TRAIN_IMAGES], files[TRAIN_LABELS])
-    test_images, test_labels = _read_split(files[TEST_IMAGES], files[TEST_LABELS])
-    if train_images.shape[1:] != test_images.shape[1:]:
-        raise DataError(
-            f"{files[TEST_IMAGES]}: images are {_size(test_images)}, "
-            f"but {files[TRAIN_IMAGES]} has {_size(train_images)}"
-        )
-    images = np.concatenate([train_images, test_images])
-    labels = np.concatenate([train_labels, test_labels]).astype(np.int64)
+    pairs = [(files[TRAIN_IMAGES], files[TRAIN_LABELS]), (files[TEST_IMAGES], files[TEST_LABELS])]
+    images, labels = read_pairs(pairs, len(CLASSES))
     return LabeledImages(images, labels, CLASSES, PIXEL_MAX)
-
-
-def _size(images: np.ndarray) -> str:
-    return f"{images.shape[1]}x{images.shape[2]}"
-
-
-def _read_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One split's images and labels, checked for dtype, shape, count and label range."""
-    images = _read_uint8(images_path, 3, "images [N, H, W]")
-    labels = _read_uint8(labels_path, 1, "labels [N]")
-    if len(labels) != len(images):
-        raise DataError(f"{labels_path}: {len(labels)} labels, but {images_path} has {len(images)} images")
-    if len(labels) and labels.max() >= len(CLASSES):
-        raise DataError(f"{labels_path}: label {labels.max()} outside 0..{len(CLASSES) - 1}")
-    return images, labels
-
-
-def _read_uint8(path: Path, ndim: int, layout: str) -> np.ndarray:
-    """The IDX array at ``path``, which must be uint8 with ``ndim`` dimensions."""
-    array = read_idx(path)
-    if array.dtype != np.uint8 or array.ndim != ndim:
-        raise DataError(f"{path}: expected uint8 {layout}, got {array.dtype} {list(array.shape)}")
-    return array
 
 
 def _locate(source: Path, checksums: Mapping[str, str]) -> dict[str, Path]:

@@ -1,4 +1,5 @@
-"""Reading IDX files (the MNIST format), plain or gzip-compressed."""
+"""Reading IDX files (the MNIST format), plain or gzip-compressed, and labelled images from pairs
+of them (uint8 images [N, H, W] and uint8 labels [N])."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import gzip
 import math
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +73,41 @@ def _read_bytes(path: Path) -> tuple[bytes, bool]:
         return gzip.decompress(raw), True
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise DataError(f"{path}: corrupt or truncated gzip stream ({e})") from e
+
+
+def read_pairs(
+    pairs: Sequence[tuple[Path, Path]], class_count: int, hint: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The images (uint8 [N, H, W]) and int64 labels of every (images, labels) file pair, pooled
+    in order; DataError naming the file when a pair does not fit together, a label is not below
+    ``class_count`` (``hint`` says how to fix that) or the pairs' images differ in size."""
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for images_path, labels_path in pairs:
+        pair_images = _read_uint8(images_path, 3, "images [N, H, W]")
+        pair_labels = _read_uint8(labels_path, 1, "labels [N]")
+        if len(pair_labels) != len(pair_images):
+            raise DataError(
+                f"{labels_path}: {len(pair_labels)} labels, but {images_path} has {len(pair_images)} images"
+            )
+        if len(pair_labels) and pair_labels.max() >= class_count:
+            raise DataError(f"{labels_path}: label {pair_labels.max()} outside 0..{class_count - 1}{hint}")
+        if images and pair_images.shape[1:] != images[0].shape[1:]:
+            raise DataError(
+                f"{images_path}: images are {_size(pair_images)}, but {pairs[0][0]} has {_size(images[0])}"
+            )
+        images.append(pair_images)
+        labels.append(pair_labels)
+    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+
+
+def _size(images: np.ndarray) -> str:
+    return f"{images.shape[1]}x{images.shape[2]}"
+
+
+def _read_uint8(path: Path, ndim: int, layout: str) -> np.ndarray:
+    """The IDX array at ``path``, which must be uint8 with ``ndim`` dimensions."""
+    array = read_idx(path)
+    if array.dtype != np.uint8 or array.ndim != ndim:
+        raise DataError(f"{path}: expected uint8 {layout}, got {array.dtype} {list(array.shape)}")
+    return array

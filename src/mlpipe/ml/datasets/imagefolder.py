@@ -1,4 +1,8 @@
-"""A labelled image tree ``source/<class_name>/*.png`` read as 8-bit grayscale arrays."""
+"""A labelled image tree ``source/<class_name>/*.png`` read as 8-bit grayscale or RGB arrays.
+
+Each file is read by `mlpipe.contracts.images.decode_image`, the function the server reads a
+client's image file with, so a served image is read exactly as the training images were.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,16 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from mlpipe.contracts.data import LabeledImages
+from mlpipe.contracts.images import (
+    BILINEAR,
+    ImageDecoding,
+    ImageError,
+    ImageHeader,
+    decode_image,
+    read_header,
+)
 from mlpipe.core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -17,34 +28,73 @@ IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png"})
 PIXEL_MAX = 255
 
 
-def load_imagefolder(source: Path, image_size: tuple[int, int] | None) -> LabeledImages:
+def load_imagefolder(
+    source: Path, image_size: tuple[int, int] | None, channels: int | None = None
+) -> LabeledImages:
     """Every image under ``source/<class_name>/``, classes sorted by name, files in name order.
 
     ``image_size`` is (height, width) to resize to; None requires all images to share one size.
+    ``channels`` is 1 (grayscale) or 3 (RGB); None: 3 if any image is colour (an RGB-like mode
+    or a palette with a colour in it), else 1. Images of the other kind are converted, and the
+    log says how many.
     """
     class_dirs = _class_dirs(source)
-    images: list[np.ndarray] = []
-    labels: list[int] = []
-    first: Path | None = None
-    for label, class_dir in enumerate(class_dirs):
-        for path in _image_files(class_dir):
-            image = _read_gray(path, image_size)
-            if first is None:
-                first = path
-            elif image.shape != images[0].shape:
-                raise DataError(
-                    f"{path}: image is {_size(image)} (height x width), but {first} is "
-                    f"{_size(images[0])}; set data.image_size in params.yaml to resize them all"
-                )
-            images.append(image)
-            labels.append(label)
+    files = [(label, path) for label, class_dir in enumerate(class_dirs) for path in _image_files(class_dir)]
+    headers = {path: _header(path) for _, path in files}
+    height, width = image_size or _common_size(headers)
+    decoding = ImageDecoding(
+        height, width, _channels(channels, headers, source), BILINEAR if image_size else None
+    )
+    images = np.stack([_decode(path, decoding) for _, path in files])
+    labels = np.array([label for label, _ in files], dtype=np.int64)
     log.info("read %d images in %d classes from %s", len(images), len(class_dirs), source)
     classes = tuple(class_dir.name for class_dir in class_dirs)
-    return LabeledImages(np.stack(images), np.array(labels, dtype=np.int64), classes, PIXEL_MAX)
+    return LabeledImages(images, labels, classes, PIXEL_MAX, decoding)
 
 
-def _size(image: np.ndarray) -> str:
-    return f"{image.shape[0]}x{image.shape[1]}"
+def _header(path: Path) -> ImageHeader:
+    try:
+        return read_header(path)
+    except ImageError as e:
+        raise DataError(f"{path}: {e}") from e
+
+
+def _decode(path: Path, decoding: ImageDecoding) -> np.ndarray:
+    try:
+        return decode_image(path, decoding)
+    except ImageError as e:
+        raise DataError(f"{path}: {e}") from e
+
+
+def _common_size(headers: dict[Path, ImageHeader]) -> tuple[int, int]:
+    """The (height, width) every image has; DataError naming the first that differs."""
+    sizes = {path: (header.height, header.width) for path, header in headers.items()}
+    first, size = next(iter(sizes.items()))
+    for path, (height, width) in sizes.items():
+        if (height, width) != size:
+            raise DataError(
+                f"{path}: image is {height}x{width} (height x width), but {first} is "
+                f"{size[0]}x{size[1]}; set data.image_size in params.yaml to resize them all"
+            )
+    return size
+
+
+def _channels(requested: int | None, headers: dict[Path, ImageHeader], source: Path) -> int:
+    """The channels to read: ``requested`` (data.channels), else what the images hold; a
+    conversion is logged, never silent."""
+    colour = sum(header.colour for header in headers.values())
+    grey = len(headers) - colour
+    chosen = requested or (3 if colour else 1)
+    if chosen == 1 and colour:
+        log.info(
+            "data.channels is 1: converting the %d colour images of %s to grayscale (ITU-R 601-2 luma)",
+            colour,
+            source,
+        )
+    elif chosen == 3 and grey:
+        why = "data.channels is 3" if requested else f"{colour} of the images are colour"
+        log.info("%s: reading the %d grayscale images of %s as RGB (grey in each channel)", why, grey, source)
+    return chosen
 
 
 def _visible(directory: Path) -> list[Path]:
@@ -78,16 +128,3 @@ def _image_files(class_dir: Path) -> list[Path]:
     if not files:
         raise DataError(f"{class_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return files
-
-
-def _read_gray(path: Path, image_size: tuple[int, int] | None) -> np.ndarray:
-    """One image as uint8 [H, W] grayscale, resized bilinearly to ``image_size`` if given."""
-    try:
-        with Image.open(path) as image:
-            gray = image.convert("L")
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path}: unreadable image ({e})") from e
-    if image_size is not None:
-        height, width = image_size
-        gray = gray.resize((width, height), Image.Resampling.BILINEAR)
-    return np.array(gray, dtype=np.uint8)

@@ -43,9 +43,15 @@ def load_source(params: DataParams) -> LabeledImages:
 
         source = Path(params.source) if params.source else None
         return load_fashion_mnist(source, cache_dir=cache_dir() / "fashion-mnist")
+    if params.source is None:
+        raise ParamsError(f"data.source: required for dataset {params.dataset!r}")
+    if params.dataset == "idx":
+        from mlpipe.ml.datasets.idx_pairs import load_idx_pairs
+
+        if params.classes is None:
+            raise ParamsError("data.classes: required for dataset 'idx'")
+        return load_idx_pairs(Path(params.source), params.classes)
     from mlpipe.ml.datasets.imagefolder import load_imagefolder
 
-    if params.source is None:
-        raise ParamsError("data.source: required for dataset 'imagefolder'")
     size = (params.image_size[0], params.image_size[1]) if params.image_size else None
-    return load_imagefolder(Path(params.source), size)
+    return load_imagefolder(Path(params.source), size, params.channels)
