@@ -30,8 +30,8 @@ repro: setup ## Run the pipeline (dvc repro): prepare → train → evaluate →
 verify: setup ## Rebuild every stage from scratch in a temporary copy; compare with dvc.lock
 	mlpipe verify
 
-test: setup ## Run every test, end-to-end ones included
-	pytest $(PYTEST_ARGS)
+test: setup ## Run every test, end-to-end ones included, on two workers
+	pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: setup ## Run the fast tests only (no servers, no dvc runs), on two workers
 	pytest -m "not slow" -n 2 --dist loadgroup $(PYTEST_ARGS)

@@ -358,8 +358,10 @@ def test_cost_table_measures_both_packages(repo: Path, baseline_report: str) -> 
     for name in ("latency, 1 image (ms, median)", "latency, batch of 256 (ms, median)"):
         old, new = float(rows[name]["baseline"]), float(rows[name]["workspace"])
         assert old > 0 and new > 0
-        # the ratio is of the unrounded figures; the cells hold them to three decimals
-        assert float(rows[name]["Ratio"].rstrip("×")) == pytest.approx(new / old, rel=0.03, abs=0.006)
+        # the ratio is of the unrounded figures; the cells hold them to three decimals (±0.0005)
+        # and the ratio to two (±0.005): it lies within what the rounded cells allow
+        ratio = float(rows[name]["Ratio"].rstrip("×"))
+        assert (new - 0.0005) / (old + 0.0005) - 0.005 <= ratio <= (new + 0.0005) / (old - 0.0005) + 0.005
 
 
 def test_the_significance_gate_compares_with_the_champions_logged_predictions(repo: Path) -> None:
