@@ -17,13 +17,16 @@ from tests.conftest import TINY_PARAMS, make_project, run, update_params
 pytestmark = pytest.mark.slow
 
 
-def write_images(folder: Path, classes: tuple[str, ...] = ("dark", "light"), per_class: int = 12) -> None:
-    """A tiny image-folder dataset: ``folder/<class>/<n>.png``, 8x8 grey images."""
+def write_images(
+    folder: Path, classes: tuple[str, ...] = ("dark", "light"), per_class: int = 12, colour: bool = False
+) -> None:
+    """A tiny image-folder dataset: ``folder/<class>/<n>.png``, 8x8 images, grey or RGB."""
     rng = np.random.default_rng(0)
+    shape = (8, 8, 3) if colour else (8, 8)
     for label, name in enumerate(classes):
         (folder / name).mkdir(parents=True)
         for index in range(per_class):
-            pixels = rng.integers(0, 128, size=(8, 8), dtype=np.uint8) + np.uint8(127 * label)
+            pixels = rng.integers(0, 128, size=shape, dtype=np.uint8) + np.uint8(127 * label)
             Image.fromarray(pixels).save(folder / name / f"{index:02d}.png")
 
 

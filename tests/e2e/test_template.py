@@ -101,14 +101,14 @@ def test_a_made_project_holds_its_answers_and_none_of_the_demos_names(made: Path
     assert kept == []
 
 
-def test_a_made_project_trains_on_its_own_images_and_passes_its_fast_tests(made: Path) -> None:
-    write_images(made / IMAGES)
+def test_a_made_project_trains_on_its_own_colour_images_and_passes_its_fast_tests(made: Path) -> None:
+    write_images(made / IMAGES, colour=True)
     run("dvc", "add", IMAGES, cwd=made)
     commit_all(made, "Our shapes")
     run("dvc", "repro", cwd=made)
 
     schema = json.loads((made / "data/prepared/schema.json").read_text())
-    assert (schema["dataset"], schema["classes"]) == ("imagefolder", ["dark", "light"])
+    assert (schema["dataset"], schema["classes"], schema["channels"]) == ("imagefolder", ["dark", "light"], 3)
     assert json.loads((made / "models/package/package.json").read_text())["name"] == "acme-vision-net"
     # the made project's own code and tests, not this project's (the same package name)
     env = {"PYTHONPATH": os.pathsep.join([str(made / "src"), str(made)])}
