@@ -145,3 +145,10 @@ def test_copier_asks_every_answer_the_task_takes() -> None:
         key for key in yaml.safe_load((REPO_ROOT / "copier.yml").read_text()) if not key.startswith("_")
     }
     assert questions == set(vars(ANSWERS))
+
+
+def test_the_tuning_study_is_named_after_the_project(applied: Path) -> None:
+    tune = (applied / "tune.yaml").read_text()
+    assert "\nstudy: acme-vision\n" in tune
+    assert template.DEMO_STUDY not in tune
+    assert comments(tune) == comments((REPO_ROOT / "tune.yaml").read_text())

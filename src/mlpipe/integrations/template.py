@@ -4,7 +4,7 @@ The project files hold no Jinja, so this repository stays a working project; cop
 as they are, then runs ``python -m mlpipe.integrations.template`` (copier.yml's ``_tasks``) in the
 new project, which replaces the demo's names and choices with the answers: params.yaml (a YAML
 round trip that keeps its comments), the DVC remotes (``dvc remote add``), the Kubernetes
-namespaces and the model name in deploy/ and the docs, the README's title.
+namespaces and the model name in deploy/ and the docs, the tuning study's name, the README's title.
 
 copier runs the task on fresh copies of the template only: after ``copier copy``, and during
 ``copier update`` on the old and on the new template version (rendered with the same answers)
@@ -33,11 +33,12 @@ from ruamel.yaml.comments import CommentedSeq
 from mlpipe.core import atomic, vcs
 from mlpipe.core.errors import MlpipeError
 from mlpipe.core.params import Params, validate_config
-from mlpipe.core.paths import PARAMS_FILE
+from mlpipe.core.paths import PARAMS_FILE, TUNE_FILE
 
 # The demo's own names, as this repository ships them.
 DEMO_PROJECT_NAME = "mlpipe"
 DEMO_MODEL_NAME = "mlpipe-classifier"
+DEMO_STUDY = "digits-cnn"
 # Where the demo's names stand for the project's own. The tests keep their fixed model name
 # (tests/conftest.py MODEL_NAME) but check deploy/'s namespaces.
 MODEL_NAME_FILES = (
@@ -160,6 +161,8 @@ def replacements(answers: Answers) -> dict[str, list[tuple[str, str]]]:
     pairs[README].append(LAYOUT_LINES)
     # compose's project name: its containers and volumes
     pairs[COMPOSE_FILE].append((f"\nname: {DEMO_PROJECT_NAME}\n", f"\nname: {answers.project_name}\n"))
+    # the tuning study, named after the demo's data and model
+    pairs[TUNE_FILE.as_posix()].append((f"\nstudy: {DEMO_STUDY}\n", f"\nstudy: {answers.project_name}\n"))
     if answers.mlflow_tracking_uri:
         for name, mention in TRACKING_MENTIONS.items():
             pairs[name].append((mention, f"{mention} (this project's: `{answers.mlflow_tracking_uri}`)"))
