@@ -18,6 +18,9 @@ import pytest
 from mlpipe.workflows.tuning import prefork
 from tests.conftest import make_project, run, subprocess_env, update_params
 
+SAYS = re.escape(prefork.SAY_PREFIX)
+CLI_ENTRY = "mlpipe.cli:main"
+
 pytestmark = pytest.mark.slow
 
 OUTPUTS = (
@@ -47,7 +50,7 @@ class Server:
 
     def forked(self, command: str, cwd: Path) -> list[int]:
         """The pids of the children forked for `mlpipe COMMAND` in ``cwd`` or below it."""
-        pattern = re.compile(rf"mlpipe\.prefork: (\d+): mlpipe {command} in {re.escape(str(cwd))}\b")
+        pattern = re.compile(rf"{SAYS}(\d+): mlpipe {command} in {re.escape(str(cwd))}\b")
         return [int(m[1]) for line in self.lines() if (m := pattern.match(line))]
 
     def exits(self, pids: list[int]) -> list[int]:
@@ -55,7 +58,7 @@ class Server:
         status = {
             int(m[1]): int(m[2])
             for line in self.lines()
-            if (m := re.match(r"mlpipe\.prefork: (\d+): exit (-?\d+)$", line))
+            if (m := re.match(rf"{SAYS}(\d+): exit (-?\d+)$", line))
         }
         return [status.get(pid, -999) for pid in pids]
 
@@ -141,8 +144,8 @@ def test_errors_and_exit_status_are_the_commands_own(tmp_path: Path, server: Ser
 def test_non_stage_commands_and_a_missing_server_run_in_this_process(tmp_path: Path) -> None:
     os.environ[prefork.ENV] = str(tmp_path / "no-such-socket")
     try:
-        assert prefork.delegate(["train"]) is None  # nobody listens: run it here
-        assert prefork.delegate(["serve", "--help"]) is None  # not a stage
+        assert prefork.delegate(["train"], entry=CLI_ENTRY) is None  # nobody listens: run it here
+        assert prefork.delegate(["serve", "--help"], entry=CLI_ENTRY) is None  # not a stage
     finally:
         del os.environ[prefork.ENV]
 

@@ -44,6 +44,7 @@ from pathlib import Path
 ENV = "MLPIPE_PREFORK"
 STAGES = frozenset({"prepare", "train", "evaluate", "package"})
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SAY_PREFIX = "mlpipe prefork: "  # the server's verbose lines: one per fork and exit
 REQUEST_TIMEOUT = 10.0  # seconds a command has to send its request once it connected
 _LENGTH = struct.Struct("!I")
 _SIGNAL = struct.Struct("!i")
@@ -317,7 +318,7 @@ def _relay_signals(connection: socket.socket) -> None:
 
 def _say(verbose: bool, message: str) -> None:
     if verbose:
-        print(f"mlpipe.workflows.tuning.prefork: {message}", file=sys.__stderr__, flush=True)
+        print(f"{SAY_PREFIX}{message}", file=sys.__stderr__, flush=True)
 
 
 def _reap(waiting: dict[int, socket.socket], block: bool, verbose: bool) -> None:
