@@ -67,3 +67,16 @@ def test_another_dataset_folder_in_data_raw_leaves_prepare_up_to_date(tmp_path: 
     assert json.loads(run("dvc", "status", "prepare", "--json", cwd=project).stdout) == {}
     selected = TINY_PARAMS["data"]["source"]
     assert [dep for dep in prepare_deps(project) if dep.startswith("data/")] == [selected]
+
+
+def test_verify_rebuilds_a_project_on_its_own_dvc_added_data(tmp_path: Path) -> None:
+    """`mlpipe verify` (CI's last step) copies the data a `.dvc` file tracks into its rebuild."""
+    project = make_project(tmp_path / "project")
+    write_images(project / "data/raw/shapes")
+    run("dvc", "add", "data/raw/shapes", cwd=project)
+    update_params(project, {"data": {"dataset": "imagefolder", "source": "data/raw/shapes"}})
+    run("dvc", "repro", cwd=project)
+    commit_all(project, "Our own images, and their results")
+
+    result = run("mlpipe", "verify", cwd=project)
+    assert "every output rebuilt from scratch equals dvc.lock" in result.stdout + result.stderr

@@ -58,12 +58,38 @@ def checkout_files(root: Path) -> list[str]:
     return [line for line in listed.splitlines() if (root / line).is_file()]
 
 
+def tracked_data(root: Path, files: list[str]) -> list[str]:
+    """What the checkout's ``.dvc`` files track (`dvc add`, `dvc import-url`) and the workspace
+    holds: a clone gets it from DVC's cache or remote, not from git."""
+    found = []
+    for name in files:
+        if not name.endswith(".dvc"):
+            continue
+        try:
+            pointer = yaml.safe_load((root / name).read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise VerifyError(f"{name}: not valid YAML ({e})") from e
+        for out in pointer.get("outs") or []:
+            path = (Path(name).parent / str(out.get("path", ""))).as_posix()
+            if out.get("path") and (root / path).exists():
+                found.append(path)
+    return found
+
+
 def rebuild(root: Path, workdir: Path) -> Path:
-    """Copy the checkout into ``workdir`` and run the whole pipeline there from scratch."""
+    """Copy the checkout, with the data its ``.dvc`` files track, into ``workdir`` and run the
+    whole pipeline there from scratch."""
     copy = workdir / "checkout"
-    for name in checkout_files(root):
+    files = checkout_files(root)
+    for name in files:
         (copy / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / name, copy / name)
+    for name in tracked_data(root, files):
+        if (root / name).is_dir():
+            shutil.copytree(root / name, copy / name)
+        else:
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, copy / name)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
     # A throwaway tracking store: verifying must not register anything anywhere.
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlruns.db'}"
