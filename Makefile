@@ -36,7 +36,7 @@ test: setup ## Run every test, end-to-end ones included, on two workers
 test-fast: setup ## Run the fast tests only (no servers, no dvc runs), on two workers
 	pytest -m "not slow" -n 2 --dist loadgroup $(PYTEST_ARGS)
 
-LINTED := src tests benchmarks
+LINTED := src tests benchmarks harness
 
 lint: setup ## Check style, formatting and types
 	ruff check $(LINTED)

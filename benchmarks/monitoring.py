@@ -26,8 +26,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from benchmarks.machine import describe
 from benchmarks.serve import http_request, open_loop, wrk
-from tests.monitoring import DASHBOARD, RULES_FILE, short_rules
-from tests.servers import mlpipe_server, prometheus_server
+from harness.monitoring import DASHBOARD, RULES_FILE, short_rules
+from harness.servers import mlpipe_server, prometheus_server
 
 from mlpipe.contracts import drift
 from mlpipe.contracts.data import read_split

@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from benchmarks.machine import describe
-from tests.servers import LOOPBACK, Child, ServerError, child_process, free_port, http_ok
+from harness.servers import LOOPBACK, Child, ServerError, child_process, free_port, http_ok
 
 from mlpipe.contracts.data import read_split
 from mlpipe.serving.model import ImageClassifier

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 from benchmarks.machine import describe
-from tests import servers
+from harness import servers
 
 from mlpipe.contracts.data import LabeledImages, Schema, write_split
 from mlpipe.core import atomic, paths

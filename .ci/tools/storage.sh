@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PostgreSQL's server programs for the tracking-server tests: tests/servers.py runs initdb and
+# PostgreSQL's server programs for the tracking-server tests: harness/servers.py runs initdb and
 # postgres from /usr/lib/postgresql/*/bin in a temporary directory, on 127.0.0.1, as an
 # unprivileged user. The S3 server (moto) comes with the Python dev dependencies.
 # Idempotent: does nothing when the programs are there.

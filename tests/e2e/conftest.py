@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import require
-from tests.servers import (
+from harness.servers import (
     mlflow_s3_env,
     mlflow_server,
     new_bucket,
@@ -18,6 +16,8 @@ from tests.servers import (
     s3_server,
     sqlalchemy_url,
 )
+
+from tests.conftest import require
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups

@@ -19,11 +19,11 @@ import numpy as np
 import onnxruntime
 import pytest
 import tritonclient.http as triton
+from harness.servers import ModelServer, mlpipe_server
 from PIL import Image
 
 from tests.conftest import TINY_PARAMS, make_project, run
 from tests.model.serving_cases import PACKAGE, evaluate_predictions, prepared_test_images
-from tests.servers import ModelServer, mlpipe_server
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
+from harness.servers import s3_client
 
 from tests.conftest import TINY_PARAMS, make_project, run, update_params
 from tests.e2e.conftest import TrackingServer
-from tests.servers import s3_client
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 import yaml
+from harness.servers import LOOPBACK, free_port, threaded_http_server
 
 from mlpipe.integrations.kfp_pipeline import compile_pipeline
 from tests.conftest import REPO_ROOT, run
-from tests.servers import LOOPBACK, free_port, threaded_http_server
 
 pytestmark = pytest.mark.slow
 

@@ -18,14 +18,14 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from harness.monitoring import RULES_FILE, exported_names, short_rules, used_metric_names
+from harness.servers import ModelServer, mlpipe_server, prometheus_program, prometheus_server
 
 from mlpipe.contracts import drift
 from mlpipe.serving.model_package import read_package
 from mlpipe.serving.server import default_max_body_bytes
 from tests.conftest import require, run
 from tests.model.serving_cases import PACKAGE, Spec, prepared_test_images, v2_body
-from tests.monitoring import RULES_FILE, exported_names, short_rules, used_metric_names
-from tests.servers import ModelServer, mlpipe_server, prometheus_program, prometheus_server
 
 pytestmark = pytest.mark.slow
 

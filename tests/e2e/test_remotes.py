@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from harness.servers import S3_TEST_ENV, free_port, new_bucket, s3_keys, s3_server
 
 from tests.conftest import make_project, run, subprocess_env
 from tests.e2e.test_pipeline import snapshot
-from tests.servers import S3_TEST_ENV, free_port, new_bucket, s3_keys, s3_server
 
 pytestmark = pytest.mark.slow
 

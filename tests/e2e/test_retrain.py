@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from harness.servers import threaded_http_server
 from PIL import Image
 
 from tests.conftest import TINY_PARAMS, make_project, run, subprocess_env
-from tests.servers import threaded_http_server
 
 pytestmark = pytest.mark.slow
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from harness.servers import LOOPBACK, Child, child_process, free_port, http_ok
 
 from tests.conftest import REPO_ROOT, require
 from tests.model.serving_cases import PACKAGE, Spec, evaluate_predictions, prepared_test_images, v2_body
-from tests.servers import LOOPBACK, Child, child_process, free_port, http_ok
 
 pytestmark = pytest.mark.slow
 

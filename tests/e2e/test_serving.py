@@ -16,6 +16,7 @@ import psutil
 import pytest
 import tritonclient.http as triton
 import yaml
+from harness.servers import LOOPBACK, ModelServer, free_port, mlpipe_server
 from kserve import InferenceRESTClient, RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
@@ -30,7 +31,6 @@ from tests.model.serving_cases import (
     v1_body,
     v2_body,
 )
-from tests.servers import LOOPBACK, ModelServer, free_port, mlpipe_server
 
 pytestmark = pytest.mark.slow
 

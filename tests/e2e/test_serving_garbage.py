@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from harness.servers import LOOPBACK, ModelServer, mlpipe_server
 
 from tests.model.serving_cases import PACKAGE, Spec, evaluate_predictions, prepared_test_images
-from tests.servers import LOOPBACK, ModelServer, mlpipe_server
 
 pytestmark = pytest.mark.slow
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from harness.servers import LOOPBACK, child_process, free_port, http_ok, s3_client, s3_keys
 
 from tests.conftest import (
     MODEL_NAME,
@@ -25,7 +26,6 @@ from tests.conftest import (
 )
 from tests.e2e.conftest import TrackingServer
 from tests.e2e.test_pipeline import assert_failed_cleanly_and_recovers, snapshot
-from tests.servers import LOOPBACK, child_process, free_port, http_ok, s3_client, s3_keys
 
 pytestmark = pytest.mark.slow
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from harness.servers import LOOPBACK, free_port
 
 from mlpipe.core.errors import DataError
 from mlpipe.ml.datasets.fashion_mnist import (
@@ -23,7 +24,6 @@ from mlpipe.ml.datasets.fashion_mnist import (
     TRAIN_LABELS,
     load_fashion_mnist,
 )
-from tests.servers import LOOPBACK, free_port
 from tests.unit.idx_writer import write_idx
 
 N_TRAIN, N_TEST, SIDE = 20, 10, 6

@@ -15,6 +15,17 @@ import kubernetes_validate
 import numpy as np
 import pytest
 import yaml
+from harness.monitoring import (
+    DASHBOARD,
+    POD_MONITOR,
+    PROMETHEUS_RULE,
+    RULES_FILE,
+    RULES_TESTS,
+    dashboard,
+    exported_names,
+    rules,
+    used_metric_names,
+)
 from kserve.errors import InvalidInput
 from kubernetes_validate.utils import latest_version
 from prometheus_client import REGISTRY, generate_latest
@@ -26,17 +37,6 @@ from mlpipe.serving.model_package import InputSpec
 from mlpipe.serving.validation import BadInput, v1_images, v2_images
 from tests.conftest import REPO_ROOT, require
 from tests.model.serving_cases import BAD_REQUEST_IDS, Spec, bad_request, infer_request
-from tests.monitoring import (
-    DASHBOARD,
-    POD_MONITOR,
-    PROMETHEUS_RULE,
-    RULES_FILE,
-    RULES_TESTS,
-    dashboard,
-    exported_names,
-    rules,
-    used_metric_names,
-)
 from tests.unit.test_manifests import strict
 
 CRD_DIR = REPO_ROOT / "tests/data/prometheus-operator"

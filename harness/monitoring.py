@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import yaml
 
-from tests.conftest import REPO_ROOT
-
+REPO_ROOT = Path(__file__).resolve().parents[1]
 MONITORING_DIR = REPO_ROOT / "deploy/monitoring"
 RULES_FILE = MONITORING_DIR / "mlpipe-rules.yaml"
 PROMETHEUS_RULE = MONITORING_DIR / "prometheusrule.yaml"
