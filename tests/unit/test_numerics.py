@@ -53,3 +53,11 @@ def test_native_numerics_leave_the_users_variables_alone() -> None:
     assert state["environment"]["OMP_NUM_THREADS"] == "2"
     assert state["environment"]["MKL_CBWR"] == "AVX2,STRICT"
     assert state["threads"] == 2
+
+
+def test_the_public_name_pins_the_same_numerics() -> None:
+    """`mlpipe.numerics`, the name scripts and outside checks import, is the core module's."""
+    import mlpipe.numerics as public
+
+    assert (public.pin, public.configure_torch) == (numerics.pin, numerics.configure_torch)
+    assert public.PORTABLE_ENVIRONMENT is numerics.PORTABLE_ENVIRONMENT
