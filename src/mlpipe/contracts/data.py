@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from mlpipe.contracts import table
 from mlpipe.contracts.images import ImageDecoding
+from mlpipe.contracts.table import Table, TableSchema
 from mlpipe.core import atomic, paths
 from mlpipe.core.errors import ArtifactError
 
@@ -202,3 +204,22 @@ def read_split(split: str, root: Path = paths.PREPARED_DIR, schema: Schema | Non
     if len(labels) and (labels.min() < 0 or labels.max() >= len(schema.classes)):
         raise ArtifactError(f"{paths.split_labels(split, root)}: labels outside 0..{len(schema.classes) - 1}")
     return LabeledImages(images, labels, schema.classes, schema.pixel_max, schema.decoding)
+
+
+def read_any_schema(root: Path = paths.PREPARED_DIR) -> Schema | TableSchema:
+    """The prepared data's schema, images' or a table's (whose schema.json says ``kind: table``)."""
+    path = root / paths.SCHEMA_FILE.name
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        kind = None  # read_schema says what is wrong
+    return table.read_schema(root) if kind == table.TABLE_KIND else read_schema(root)
+
+
+def read_examples(
+    split: str, schema: Schema | TableSchema, root: Path = paths.PREPARED_DIR
+) -> LabeledImages | Table:
+    """One prepared split, images or table rows, as ``schema`` (`read_any_schema`) says."""
+    if isinstance(schema, TableSchema):
+        return table.read_split(split, root, schema)
+    return read_split(split, root, schema)

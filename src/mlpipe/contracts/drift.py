@@ -14,6 +14,12 @@ of thumb: below 0.1 no shift, 0.1-0.25 a moderate one, above 0.25 a large one; d
 at ``DRIFT_THRESHOLD``. Its bias under no drift is about (bins - 1) / n for n inputs, which is
 why the server scores only a full window of ``DEFAULT_WINDOW`` images.
 
+A table model's profile (``TableProfile``) holds one such distribution per column instead: a
+number's values in ``PROFILE_BINS`` quantile bins of the training split, a category's levels and
+one bin for a level not seen in training, each with one more bin for a missing value. Each
+column is scored with PSI on its own (``mlpipe_column_drift_score``), and the table's drift score
+is the largest of them: the column that moved most.
+
 The package stage writes the profile into the package (``profile.json``); the server's sliding
 window (``DriftWindow``) and ``mlpipe drift`` (``compare``) score inputs with the same code.
 This module needs only NumPy: it runs in the slim serve image.
@@ -31,6 +37,7 @@ import numpy as np
 
 from mlpipe.contracts.data import read_split
 from mlpipe.contracts.manifest import PROFILE_FILE
+from mlpipe.contracts.table import Column, Table
 from mlpipe.core.errors import ArtifactError, DataError, MlpipeError
 
 PROFILE_VERSION = 1
@@ -51,6 +58,15 @@ def mean_intensity(images: np.ndarray, pixel_max: int) -> np.ndarray:
     """Per-image mean pixel as a fraction of ``pixel_max``: float64 [N] for images [N, H, W] or
     [N, H, W, C] (the mean over every channel)."""
     return images.reshape(len(images), -1).mean(axis=1, dtype=np.float64) / pixel_max
+
+
+def psi(counts: np.ndarray, reference_counts: tuple[int, ...]) -> float:
+    """Population Stability Index of inputs binned as ``counts`` against ``reference_counts``."""
+    observed = np.asarray(counts, dtype=np.float64) + SMOOTHING
+    observed /= observed.sum()
+    reference = np.asarray(reference_counts, dtype=np.float64) + SMOOTHING
+    reference /= reference.sum()
+    return float(np.sum((observed - reference) * np.log(observed / reference)))
 
 
 @dataclass(frozen=True)
@@ -82,11 +98,7 @@ class Profile:
 
     def psi(self, counts: np.ndarray) -> float:
         """Population Stability Index of inputs binned as ``counts`` against the training data."""
-        observed = np.asarray(counts, dtype=np.float64) + SMOOTHING
-        observed /= observed.sum()
-        reference = np.asarray(self.counts, dtype=np.float64) + SMOOTHING
-        reference /= reference.sum()
-        return float(np.sum((observed - reference) * np.log(observed / reference)))
+        return psi(counts, self.counts)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -191,7 +203,7 @@ def compare(profile: Profile, images: np.ndarray, threshold: float = DRIFT_THRES
 class DriftWindow:
     """The last ``size`` inputs' bins, scored against the profile once the window is full."""
 
-    def __init__(self, profile: Profile, size: int = DEFAULT_WINDOW) -> None:
+    def __init__(self, profile: Profile | ColumnProfile, size: int = DEFAULT_WINDOW) -> None:
         if size < 1:
             raise MlpipeError(f"drift window size must be at least 1, got {size}")
         self.profile = profile
@@ -204,7 +216,11 @@ class DriftWindow:
 
     def add(self, values: np.ndarray) -> None:
         """Slide the window over a batch's per-image mean intensities (``mean_intensity``)."""
-        for b in self.profile.bin_of(values).tolist():
+        self.add_bins(self.profile.bin_of(values))
+
+    def add_bins(self, bins: np.ndarray) -> None:
+        """Slide the window over a batch's bin indices."""
+        for b in bins.tolist():
             if len(self._bins) == self.size:
                 self._counts[self._bins[0]] -= 1
             self._bins.append(b)
@@ -249,3 +265,170 @@ def load_images(path: Path) -> np.ndarray:
 def load_split(data_dir: Path, split: str) -> np.ndarray:
     """A prepared split's images."""
     return read_split(split, root=data_dir).images
+
+
+TABLE_FEATURE = "columns"
+NUMBER_BINS, CATEGORY_BINS = "quantiles", "levels"
+
+
+@dataclass(frozen=True)
+class ColumnProfile:
+    """One column's training distribution. A number's bins are ``edges``' quantile bins (bin i
+    holds edges[i-1] <= x < edges[i]); a category's are its ``levels``, then one for any other
+    level; the last bin of either holds missing values. ``counts`` are the training rows per bin."""
+
+    name: str
+    type: str
+    counts: tuple[int, ...]
+    edges: tuple[float, ...] = ()
+    levels: tuple[str, ...] = ()
+
+    @property
+    def is_number(self) -> bool:
+        return self.type == "number"
+
+    @classmethod
+    def of(cls, column: Column, values: np.ndarray, bins: int = PROFILE_BINS) -> ColumnProfile:
+        """The profile of a column's training ``values`` (float64 with NaN, or text with None)."""
+        if column.is_number:
+            present = values[~np.isnan(values)]
+            quantiles = np.quantile(present, np.linspace(0, 1, bins + 1)[1:-1]) if len(present) else []
+            edges = tuple(float(e) for e in np.unique(quantiles))
+            profile = cls(column.name, column.type, (), edges=edges)
+        else:
+            profile = cls(column.name, column.type, (), levels=column.levels)
+        counts = np.bincount(profile.bin_of(values), minlength=profile.bins)
+        return cls(profile.name, profile.type, tuple(int(c) for c in counts), profile.edges, profile.levels)
+
+    @property
+    def bins(self) -> int:
+        return (len(self.edges) + 2) if self.is_number else (len(self.levels) + 2)
+
+    def bin_of(self, values: np.ndarray) -> np.ndarray:
+        """Bin index of each value: numbers float [N] with NaN for missing; categories text [N]
+        with None (or the empty text) for missing."""
+        missing = self.bins - 1
+        if self.is_number:
+            numbers = np.asarray(values, dtype=np.float64)
+            found = np.searchsorted(self.edges, numbers, side="right")
+            return np.where(np.isnan(numbers), missing, found).astype(np.int64)
+        index = {level: i for i, level in enumerate(self.levels)}
+        other = len(self.levels)
+        return np.asarray(
+            [
+                missing if not isinstance(v, str) or v == "" else index.get(v, other)
+                for v in np.asarray(values, dtype=object).tolist()
+            ],
+            dtype=np.int64,
+        )
+
+    def psi(self, counts: np.ndarray) -> float:
+        """PSI of inputs binned as ``counts`` against the training rows."""
+        return psi(counts, self.counts)
+
+    def to_json(self) -> dict[str, Any]:
+        raw: dict[str, Any] = {"name": self.name, "type": self.type}
+        if self.is_number:
+            raw["edges"] = list(self.edges)
+        else:
+            raw["levels"] = list(self.levels)
+        return raw | {"counts": list(self.counts)}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ColumnProfile:
+        profile = cls(
+            name=str(raw["name"]),
+            type=str(raw["type"]),
+            counts=tuple(int(c) for c in raw["counts"]),
+            edges=tuple(float(e) for e in raw.get("edges", ())),
+            levels=tuple(str(level) for level in raw.get("levels", ())),
+        )
+        if profile.type not in ("number", "category") or len(profile.counts) != profile.bins:
+            raise ValueError(f"column {profile.name!r}: needs type number or category and one count per bin")
+        if (
+            list(profile.edges) != sorted(set(profile.edges))
+            or min(profile.counts) < 0
+            or sum(profile.counts) < 1
+        ):
+            raise ValueError(
+                f"column {profile.name!r}: needs ascending, distinct edges and non-negative counts"
+            )
+        return profile
+
+
+@dataclass(frozen=True)
+class TableProfile:
+    """A table model's training distribution, one ``ColumnProfile`` per column (``profile.json``)."""
+
+    columns: tuple[ColumnProfile, ...]
+
+    @classmethod
+    def of(cls, table: Table, columns: tuple[Column, ...], bins: int = PROFILE_BINS) -> TableProfile:
+        """The profile of the training split's ``columns``."""
+        return cls(tuple(ColumnProfile.of(column, table.features[column.name], bins) for column in columns))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": PROFILE_VERSION,
+            "feature": TABLE_FEATURE,
+            "columns": [column.to_json() for column in self.columns],
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> TableProfile:
+        if raw.get("version") != PROFILE_VERSION or raw.get("feature") != TABLE_FEATURE:
+            raise ValueError(
+                f"profile version {raw.get('version')!r} of feature {raw.get('feature')!r}; this mlpipe "
+                f"reads version {PROFILE_VERSION} of {TABLE_FEATURE!r} for tables"
+            )
+        return cls(tuple(ColumnProfile.from_json(column) for column in raw["columns"]))
+
+
+class TableDriftWindow:
+    """The last ``size`` rows' bins, one window per column, each scored once full."""
+
+    def __init__(self, profile: TableProfile, size: int = DEFAULT_WINDOW) -> None:
+        self.profile = profile
+        self.windows = {column.name: DriftWindow(column, size) for column in profile.columns}
+
+    def __len__(self) -> int:
+        return len(next(iter(self.windows.values())))
+
+    def add(self, features: dict[str, np.ndarray]) -> None:
+        """Slide every column's window over a batch of rows (column -> values [N])."""
+        for name, window in self.windows.items():
+            window.add_bins(window.profile.bin_of(features[name]))
+
+    def scores(self) -> dict[str, float | None]:
+        """Each column's PSI against its training distribution; None until the window is full."""
+        return {name: window.score() for name, window in self.windows.items()}
+
+    def score(self) -> float | None:
+        """The table's drift score: the largest column's; None until the window is full."""
+        scores = [score for score in self.scores().values() if score is not None]
+        return max(scores) if scores else None
+
+
+def compare_table(
+    profile: TableProfile, features: dict[str, np.ndarray], threshold: float = DRIFT_THRESHOLD
+) -> dict[str, float]:
+    """Each column's PSI of a batch of rows against the profile (`mlpipe drift` on a table)."""
+    if not features or len(next(iter(features.values()))) == 0:
+        raise MlpipeError("no rows to compare with the drift profile")
+    scores = {}
+    for column in profile.columns:
+        counts = np.bincount(column.bin_of(features[column.name]), minlength=column.bins)
+        scores[column.name] = column.psi(counts)
+    return scores
+
+
+def read_any_profile(model_dir: Path) -> Profile | TableProfile:
+    """The drift profile shipped in a package, an image model's or a table model's."""
+    path = model_dir / PROFILE_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(raw, dict) and raw.get("feature") == TABLE_FEATURE:
+            return TableProfile.from_json(raw)
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        pass  # read_profile says what is wrong
+    return read_profile(model_dir)

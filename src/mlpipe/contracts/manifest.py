@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlpipe.contracts.images import ImageDecoding
-from mlpipe.contracts.preprocessing import Preprocessing
+from mlpipe.contracts.preprocessing import AnyPreprocessing, preprocessing_from_dict
+from mlpipe.contracts.table import NUMBER, TABLE_KIND, Column
 from mlpipe.core.lineage import Inputs
 
 PACKAGE_FORMAT = 2
@@ -87,6 +88,42 @@ class PackageInput:
         )
 
 
+# A table model's input per column type: the ONNX element type and the V2 datatype of its values.
+TABLE_INPUT_DTYPES = {NUMBER: "float32", "category": "str"}
+
+
+@dataclass(frozen=True)
+class TableInput:
+    """A table model's input: one tensor [N] per column, named after it, in ``columns``' order:
+    float32 for a number (NaN where missing), text for a category (mlpipe.contracts.table.model_inputs);
+    at most max_batch_size rows."""
+
+    columns: tuple[Column, ...]
+    max_batch_size: int
+
+    def __post_init__(self) -> None:
+        if not self.columns:
+            raise ValueError("a table model takes at least one column")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": TABLE_KIND,
+            "columns": [column.to_json() for column in self.columns],
+            "max_batch_size": self.max_batch_size,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> TableInput:
+        columns = tuple(Column.from_json(column) for column in raw["columns"])
+        return cls(columns=columns, max_batch_size=int(raw["max_batch_size"]))
+
+
+def input_from_json(raw: dict[str, Any]) -> PackageInput | TableInput:
+    """A package's input: a table's (``kind: table``) or images'."""
+    table = isinstance(raw, dict) and raw.get("kind") == TABLE_KIND
+    return TableInput.from_json(raw) if table else PackageInput.from_json(raw)
+
+
 @dataclass(frozen=True)
 class Architecture:
     """The trained network, as the checkpoint rebuilds it: its class (``module.QualName``), the
@@ -116,9 +153,9 @@ class PackageManifest:
 
     name: str
     model_sha256: str
-    input: PackageInput
+    input: PackageInput | TableInput
     labels: tuple[str, ...]
-    preprocessing: Preprocessing  # applied inside the graph; recorded for readers
+    preprocessing: AnyPreprocessing  # applied inside the graph; recorded for readers
     architecture: Architecture
     dataset: str
     # only what the bytes depend on: the commit and branch are MLflow tags (lineage.py)
@@ -126,6 +163,10 @@ class PackageManifest:
     metrics: dict[str, float]
     output_name: str = OUTPUT_NAME
     model_file: str = MODEL_FILE
+
+    @property
+    def is_table(self) -> bool:
+        return isinstance(self.input, TableInput)
 
     def to_json(self) -> dict[str, Any]:
         """package.json in the current PACKAGE_FORMAT, whichever format the manifest was read from."""
@@ -156,9 +197,9 @@ class PackageManifest:
         return cls(
             name=str(raw["name"]),
             model_sha256=str(raw["model_sha256"]),
-            input=PackageInput.from_json(raw["input"]),
+            input=input_from_json(raw["input"]),
             labels=tuple(str(label) for label in raw["labels"]),
-            preprocessing=Preprocessing.from_dict(raw["preprocessing"]),
+            preprocessing=preprocessing_from_dict(raw["preprocessing"]),
             architecture=Architecture.from_json(raw["architecture"], package_format),
             dataset=str(raw["dataset"]),
             lineage=Inputs(**{key: str(value) for key, value in raw["lineage"].items()}),

@@ -7,10 +7,20 @@ import json
 import re
 from collections.abc import Collection
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from mlpipe.core.errors import MlpipeError, ParamsError
 from mlpipe.core.paths import NO_LOCAL_SOURCE, PARAMS_FILE
@@ -27,12 +37,20 @@ class _Section(BaseModel):
 
 # The datasets whose images are grayscale whatever their files hold.
 GRAYSCALE_DATASETS = ("digits", "fashion-mnist", "idx")
+# The datasets of tables: rows of named columns, one of them the label (mlpipe.contracts.table).
+TABLE_DATASETS = ("penguins", "table")
+# The bundled table (palmerpenguins' CSV) and its label column.
+PENGUINS_TARGET = "species"
+ColumnType = Literal["number", "category"]
+# The keys of a table dataset: left out of an image dataset's params (and so of its digest).
+TABLE_KEYS = ("target", "features", "columns")
+ColumnName = Annotated[str, Field(min_length=1)]
 
 
 class DataParams(_Section):
     """Which dataset to prepare and how to split it."""
 
-    dataset: Literal["digits", "fashion-mnist", "idx", "imagefolder"] = "digits"
+    dataset: Literal["digits", "fashion-mnist", "idx", "imagefolder", "penguins", "table"] = "digits"
     # The dataset's directory, prepare's only data dep: fashion-mnist: the four IDX files; idx:
     # pairs of IDX files; imagefolder: class_name/*.png; kept under data/raw and `dvc add`-ed.
     # None: no files in the project (digits; Fashion-MNIST downloaded), spelt data/raw/none in
@@ -46,6 +64,11 @@ class DataParams(_Section):
     channels: Literal[1, 3] | None = None
     # idx only: the class names, one per label value (label i is classes[i]).
     classes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=2)] | None = None
+    # table datasets only: the label column; the feature columns (None: every other column); the
+    # type of any column whose inferred one is wrong (None: every type inferred by prepare).
+    target: ColumnName | None = None
+    features: Annotated[list[ColumnName], Field(min_length=1)] | None = None
+    columns: dict[ColumnName, ColumnType] | None = None
     val_fraction: Fraction = 0.1
     test_fraction: Fraction = 0.2
     max_samples: Annotated[int, Field(ge=10)] | None = None
@@ -83,13 +106,61 @@ class DataParams(_Section):
             raise ValueError(f"source of dataset 'digits' is {NO_LOCAL_SOURCE} (scikit-learn ships it)")
         if self.image_size is not None and self.dataset != "imagefolder":
             raise ValueError("image_size applies to dataset 'imagefolder' only")
+        if self.is_table:
+            self._check_table()
+        else:
+            for key in TABLE_KEYS:
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} applies to table datasets only ({', '.join(TABLE_DATASETS)})")
         return self
+
+    def _check_table(self) -> None:
+        if self.channels is not None:
+            raise ValueError(f"channels applies to image datasets; {self.dataset} is a table")
+        if self.dataset == "table" and not self.source:
+            raise ValueError("source is required for dataset 'table' (a .csv or .parquet file)")
+        if self.dataset == "table" and self.target is None:
+            raise ValueError("target is required for dataset 'table': the name of the label column")
+        if self.dataset == "penguins" and self.source:
+            raise ValueError(f"source of dataset 'penguins' is {NO_LOCAL_SOURCE} (palmerpenguins ships it)")
+        target = self.label_column
+        if self.features is not None:
+            if len(set(self.features)) != len(self.features):
+                raise ValueError(f"features must be distinct; got {self.features}")
+            if target in self.features:
+                raise ValueError(f"features must not hold the target column {target!r}")
+        if self.columns is not None and target in self.columns:
+            raise ValueError(f"columns: the target {target!r} is the label, not a typed feature")
+
+    @property
+    def is_table(self) -> bool:
+        """Whether the dataset is a table (else images)."""
+        return self.dataset in TABLE_DATASETS
+
+    @property
+    def label_column(self) -> str | None:
+        """A table's label column: ``target``, or the bundled table's own; None for images."""
+        if not self.is_table:
+            return None
+        return self.target or (PENGUINS_TARGET if self.dataset == "penguins" else None)
+
+    @model_serializer(mode="wrap")
+    def _serialise(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        # An image dataset's params dump (and so its digest, in every package) without the keys
+        # that only tables have.
+        dumped = handler(self)
+        if not self.is_table:
+            for key in TABLE_KEYS:
+                dumped.pop(key, None)
+        return dumped
 
 
 class ModelParams(_Section):
-    """The CNN's shape: `depth` conv blocks starting at `width` channels, doubling each block."""
+    """The network's shape. Images: a CNN of `depth` conv blocks starting at `width` channels,
+    doubling each block, and a `hidden`-unit dense layer. Tables: an MLP of `depth` hidden layers
+    of `hidden` units (`width` is null: it has no conv blocks)."""
 
-    width: Annotated[int, Field(ge=1, le=512)] = 32
+    width: Annotated[int, Field(ge=1, le=512)] | None = 32
     depth: Annotated[int, Field(ge=1, le=6)] = 2
     hidden: Annotated[int, Field(ge=1, le=4096)] = 128
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
@@ -156,6 +227,19 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     package: PackageParams = PackageParams()
     gate: GateParams = GateParams()
+
+    @model_validator(mode="after")
+    def _check_model_for_data(self) -> Params:
+        table = self.data.is_table
+        if table and "width" in self.model.model_fields_set and self.model.width is not None:
+            raise ValueError(
+                f"model.width applies to image models (the conv blocks' channels); dataset "
+                f"{self.data.dataset!r} is a table, whose MLP is model.depth layers of model.hidden "
+                "units: set model.width to null"
+            )
+        if not table and self.model.width is None:
+            raise ValueError("model.width: an image model needs its first conv block's channels (e.g. 32)")
+        return self
 
     def digest(self, *sections: str) -> str:
         """SHA-256 of the named sections (all when none are named), stable across runs."""

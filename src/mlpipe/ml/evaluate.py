@@ -14,7 +14,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from mlpipe.contracts.data import read_schema, read_split
+from mlpipe.contracts.data import LabeledImages, Schema, read_any_schema, read_examples
+from mlpipe.contracts.preprocessing import model_inputs, preprocessing_of
 from mlpipe.core import atomic, paths, tables
 from mlpipe.core.errors import ArtifactError
 from mlpipe.core.params import Params
@@ -26,16 +27,21 @@ log = logging.getLogger(__name__)
 
 def run(params: Params) -> None:
     """Write test metrics, per-class scores, predictions and figures under reports/."""
-    schema = read_schema()
-    test = read_split(paths.TEST_SPLIT, schema=schema)
+    schema = read_any_schema()
+    test = read_examples(paths.TEST_SPLIT, schema)
     checkpoint = load_checkpoint(paths.CHECKPOINT_FILE)
-    if checkpoint.classes != schema.classes or checkpoint.input_shape != schema.array_shape:
+    other_shape = isinstance(schema, Schema) and checkpoint.input_shape != schema.array_shape
+    if (
+        other_shape
+        or checkpoint.classes != schema.classes
+        or checkpoint.preprocessing != preprocessing_of(schema)
+    ):
         raise ArtifactError(
-            f"{paths.CHECKPOINT_FILE} was trained on other data (classes, image shape or channels "
-            f"differ from {paths.SCHEMA_FILE}); rerun `dvc repro train`"
+            f"{paths.CHECKPOINT_FILE} was trained on other data (its classes, image shape, channels, "
+            f"columns or their statistics differ from {paths.SCHEMA_FILE}); rerun `dvc repro train`"
         )
     model = checkpoint.build()
-    inputs = torch.from_numpy(checkpoint.preprocessing.apply(test.images))
+    inputs = model_inputs(test, checkpoint.preprocessing)
     probabilities = torch.softmax(predict_logits(model, inputs, params.evaluate.batch_size), 1).numpy()
     predicted = probabilities.argmax(1)
     classes = list(schema.classes)
@@ -73,13 +79,12 @@ def run(params: Params) -> None:
         f"test accuracy {metrics['test_accuracy']:.4f}",
     )
     shown = wrong[: params.evaluate.misclassified_examples]
-    plots.misclassified_png(
-        paths.MISCLASSIFIED_PNG,
-        test.images[shown],
-        [classes[i] for i in test.labels[shown]],
-        [classes[i] for i in predicted[shown]],
-        params.evaluate.misclassified_examples,
-    )
+    true, guessed = [classes[i] for i in test.labels[shown]], [classes[i] for i in predicted[shown]]
+    if isinstance(test, LabeledImages):
+        limit = params.evaluate.misclassified_examples
+        plots.misclassified_png(paths.MISCLASSIFIED_PNG, test.images[shown], true, guessed, limit)
+    else:
+        plots.misclassified_rows_png(paths.MISCLASSIFIED_PNG, test.subset(shown).records(), true, guessed)
     # metrics last: a run that fails earlier leaves the previous metrics file untouched
     atomic.write_json(paths.METRICS_FILE, metrics)
     log.info(

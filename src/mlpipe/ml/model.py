@@ -1,5 +1,5 @@
-"""The classifier: a small CNN shaped by params, the one function that builds it, and its
-checkpoint format."""
+"""The classifier: a small CNN for images or an MLP for tables, shaped by params; the one
+function that builds it; and its checkpoint format."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mlpipe.contracts.data import image_array_shape
-from mlpipe.contracts.preprocessing import Preprocessing
+from mlpipe.contracts.preprocessing import AnyPreprocessing, TablePreprocessing, preprocessing_from_dict
 from mlpipe.core import atomic
 from mlpipe.core.errors import ArtifactError
 from mlpipe.core.params import ModelParams
@@ -31,8 +31,9 @@ class ConvNet(nn.Module):
         layers: list[nn.Module] = []
         height, width = image_shape[:2]
         channels = image_shape[2] if len(image_shape) == 3 else 1
+        first = params.width or 1  # an image model's params always set it (core.params)
         for block in range(params.depth):
-            out_channels = params.width * 2**block
+            out_channels = first * 2**block
             layers.append(nn.Conv2d(channels, out_channels, 3, padding=1, bias=not params.batch_norm))
             if params.batch_norm:
                 layers.append(nn.BatchNorm2d(out_channels))
@@ -56,11 +57,35 @@ class ConvNet(nn.Module):
         return self.head(self.features(x))
 
 
-def build_model(params: ModelParams, image_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The network `train` fits and a checkpoint rebuilds: normalised images [N, C, H, W] in,
-    logits [N, num_classes] out, for images of ``image_shape`` as the prepared data hold them:
-    (H, W) with C = 1, or (H, W, C). The one place that names the model's class."""
-    return ConvNet(params, image_shape, num_classes)
+class TableNet(nn.Module):
+    """`depth` hidden layers of `hidden` units (linear → [batch norm] → ReLU → dropout), then a
+    linear layer to the classes: for a table's preprocessed rows of ``width`` values."""
+
+    def __init__(self, params: ModelParams, width: int, num_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for _ in range(params.depth):
+            layers.append(nn.Linear(width, params.hidden, bias=not params.batch_norm))
+            if params.batch_norm:
+                layers.append(nn.BatchNorm1d(params.hidden))
+            layers += [nn.ReLU(inplace=True), nn.Dropout(params.dropout)]
+            width = params.hidden
+        layers.append(nn.Linear(width, num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed rows [N, width] → logits [N, num_classes]."""
+        return self.layers(x)
+
+
+def build_model(params: ModelParams, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The network `train` fits and a checkpoint rebuilds, logits [N, num_classes] out. For
+    images of ``input_shape`` as the prepared data hold them ((H, W) with C = 1, or (H, W, C)):
+    normalised images [N, C, H, W] in. For a table (``input_shape`` (width,)): preprocessed rows
+    [N, width] in. The one place that names the model's classes."""
+    if len(input_shape) == 1:
+        return TableNet(params, input_shape[0], num_classes)
+    return ConvNet(params, input_shape, num_classes)
 
 
 @dataclass(frozen=True)
@@ -68,20 +93,27 @@ class Checkpoint:
     """A trained model with everything needed to rebuild and feed it."""
 
     model_params: ModelParams
-    image_shape: tuple[int, int]
+    image_shape: tuple[int, ...]  # (H, W) of an image model; () for a table's
     classes: tuple[str, ...]
-    preprocessing: Preprocessing
+    preprocessing: AnyPreprocessing
     state_dict: dict[str, torch.Tensor]
 
     @property
+    def is_table(self) -> bool:
+        return isinstance(self.preprocessing, TablePreprocessing)
+
+    @property
     def channels(self) -> int:
-        """The images' channels: one normalisation mean per channel."""
-        return self.preprocessing.channels
+        """An image model's colour channels (one normalisation mean each); 0 for a table model."""
+        return 0 if isinstance(self.preprocessing, TablePreprocessing) else self.preprocessing.channels
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """One image's shape as the model takes it: (H, W), or (H, W, C) for colour."""
-        return image_array_shape(self.image_shape, self.channels)
+        """One example's shape as the network is built for it: an image's (H, W), or (H, W, C)
+        for colour; a table's preprocessed row (width,)."""
+        if isinstance(self.preprocessing, TablePreprocessing):
+            return (self.preprocessing.width,)
+        return image_array_shape((self.image_shape[0], self.image_shape[1]), self.preprocessing.channels)
 
     def build(self) -> nn.Module:
         """The model in eval mode, on the CPU, with the trained weights."""
@@ -95,7 +127,10 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "model_params": checkpoint.model_params.model_dump(),
-        "image_shape": list(checkpoint.image_shape),
+    }
+    if not checkpoint.is_table:
+        payload["image_shape"] = list(checkpoint.image_shape)
+    payload |= {
         "classes": list(checkpoint.classes),
         "preprocessing": checkpoint.preprocessing.to_dict(),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in checkpoint.state_dict.items()},
@@ -120,20 +155,21 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         checkpoint = Checkpoint(
             model_params=ModelParams.model_validate(payload["model_params"]),
-            image_shape=(int(payload["image_shape"][0]), int(payload["image_shape"][1])),
+            image_shape=tuple(int(n) for n in payload.get("image_shape", ())),
             classes=tuple(payload["classes"]),
-            preprocessing=Preprocessing.from_dict(payload["preprocessing"]),
+            preprocessing=preprocessing_from_dict(payload["preprocessing"]),
             state_dict=payload["state_dict"],
         )
         checkpoint.build()
-    except (KeyError, ValueError, RuntimeError) as e:
+    except (KeyError, ValueError, RuntimeError, IndexError) as e:
         raise ArtifactError(f"{path}: inconsistent checkpoint ({e}); rerun `dvc repro train`") from e
     return checkpoint
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Logits for normalised inputs [N, C, H, W], computed in eval mode in batches."""
+    """Logits for model inputs (normalised images [N, C, H, W] or preprocessed rows [N, width]),
+    computed in eval mode in batches."""
     was_training = model.training
     model.eval()
     outputs = [model(batch).float() for batch in inputs.split(batch_size)]

@@ -15,8 +15,10 @@ import logging
 from importlib.resources import files
 from string import Template
 
+import numpy as np
+
 from mlpipe.contracts import drift
-from mlpipe.contracts.data import Schema, read_schema, read_split
+from mlpipe.contracts.data import LabeledImages, Schema, read_any_schema, read_examples
 from mlpipe.contracts.manifest import (
     CARD_FILE,
     MANIFEST_FILE,
@@ -25,7 +27,10 @@ from mlpipe.contracts.manifest import (
     Architecture,
     PackageInput,
     PackageManifest,
+    TableInput,
 )
+from mlpipe.contracts.preprocessing import Preprocessing
+from mlpipe.contracts.table import Table, TableSchema
 from mlpipe.core import atomic, lineage, paths, tables
 from mlpipe.core.params import Params
 from mlpipe.ml import export
@@ -56,21 +61,26 @@ def architecture(checkpoint: Checkpoint) -> Architecture:
 def build_manifest(
     params: Params,
     checkpoint: Checkpoint,
-    schema: Schema,
+    schema: Schema | TableSchema,
     inputs: lineage.Inputs,
     metrics: dict[str, float],
     onnx_bytes: bytes,
 ) -> PackageManifest:
     """package.json: everything a server or a reader needs besides the model file."""
-    return PackageManifest(
-        name=params.package.model_name,
-        model_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
-        input=PackageInput(
+    spec: PackageInput | TableInput
+    if isinstance(schema, TableSchema):
+        spec = TableInput(schema.columns, params.package.max_batch_size)
+    else:
+        spec = PackageInput(
             shape=checkpoint.input_shape,
             pixel_max=schema.pixel_max,
             max_batch_size=params.package.max_batch_size,
             decoding=schema.decoding,
-        ),
+        )
+    return PackageManifest(
+        name=params.package.model_name,
+        model_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+        input=spec,
         labels=checkpoint.classes,
         preprocessing=checkpoint.preprocessing,
         architecture=architecture(checkpoint),
@@ -78,6 +88,52 @@ def build_manifest(
         lineage=inputs,
         metrics=metrics,
     )
+
+
+def _image_card(spec: PackageInput, pre: Preprocessing) -> dict[str, str]:
+    colour = "grayscale" if spec.channels == 1 else "RGB"
+    return {
+        "kind": "Image",
+        "intended_use": (
+            f"Classifying {spec.height}×{spec.width} {colour} images like those in the training data. "
+            "Inputs outside that distribution (other image sizes or colours, other subjects) are not "
+            "supported."
+        ),
+        "inputs": (
+            f"- input `{spec.name}`: raw pixels, {spec.dtype}, shape [N, {', '.join(map(str, spec.shape))}], "
+            f"values 0..{spec.pixel_max} (at most {spec.max_batch_size} images per request)"
+        ),
+        "preprocessing": (
+            f"- preprocessing (inside the model): `(pixels / {pre.pixel_max:g} - {_per_channel(pre.mean)}) / "
+            f"{_per_channel(pre.std)}`"
+        ),
+    }
+
+
+def _table_card(spec: TableInput) -> dict[str, str]:
+    lines = []
+    for column in spec.columns:
+        if column.is_number:
+            seen = f"training range {column.minimum:g}..{column.maximum:g}"
+            seen += f", mean {column.mean:g}, std {column.std:g}"
+            lines.append(f"- input `{column.name}`: number (float32 [N]; null where missing), {seen}")
+        else:
+            levels = ", ".join(f"`{level}`" for level in column.levels)
+            lines.append(f"- input `{column.name}`: category (text [N]; null where missing), levels {levels}")
+    return {
+        "kind": "Table",
+        "intended_use": (
+            f"Classifying rows of the {len(spec.columns)} columns below, like those in the training data "
+            f"(at most {spec.max_batch_size} rows per request). Rows from another population, or "
+            "numbers far outside the training ranges, are not supported."
+        ),
+        "inputs": "\n".join(lines),
+        "preprocessing": (
+            "- preprocessing (inside the model, learnt on the training split): a missing number becomes "
+            "its column's training mean; numbers are standardised with the training mean and std; each "
+            "category is one-hot encoded over its training levels (all zero for a missing or unseen level)"
+        ),
+    }
 
 
 def model_card(manifest: PackageManifest, params: Params, per_class: list[dict[str, str]]) -> str:
@@ -88,23 +144,20 @@ def model_card(manifest: PackageManifest, params: Params, per_class: list[dict[s
         *("| " + " | ".join(row[c] for c in PER_CLASS_COLUMNS) + " |" for row in per_class),
     ]
     spec, metrics, pre = manifest.input, manifest.metrics, manifest.preprocessing
+    if isinstance(spec, TableInput):
+        kind = _table_card(spec)
+    elif isinstance(pre, Preprocessing):
+        kind = _image_card(spec, pre)
+    else:
+        raise TypeError("an image package needs the images' preprocessing")
     network = manifest.architecture
     return Template(CARD_TEMPLATE.read_text(encoding="utf-8")).substitute(
+        kind,
         name=manifest.name,
         dataset=manifest.dataset,
         class_count=len(manifest.labels),
-        shape=f"{spec.height}×{spec.width}",
-        input_name=spec.name,
-        input_dtype=spec.dtype,
-        input_dims=", ".join(map(str, spec.shape)),
-        pixel_max=spec.pixel_max,
-        max_batch_size=spec.max_batch_size,
         output_name=manifest.output_name,
         labels=", ".join(f"`{label}`" for label in manifest.labels),
-        scale=f"{pre.pixel_max:g}",
-        colour="grayscale" if spec.channels == 1 else "RGB",
-        mean=_per_channel(pre.mean),
-        std=_per_channel(pre.std),
         test_accuracy=f"{metrics['test_accuracy']:.4f}",
         test_macro_f1=f"{metrics['test_macro_f1']:.4f}",
         test_loss=f"{metrics['test_loss']:.4f}",
@@ -135,11 +188,12 @@ def _per_channel(values: tuple[float, ...]) -> str:
 
 def run(params: Params) -> None:
     """Build models/package/ and register it; the old package stays if anything fails."""
-    schema = read_schema()
+    schema = read_any_schema()
     checkpoint = load_checkpoint(paths.CHECKPOINT_FILE)
     metrics = tables.read_metrics(paths.METRICS_FILE, required=CARD_METRICS)
     per_class = tables.read_csv(paths.PER_CLASS_FILE)
-    test = read_split(paths.TEST_SPLIT, schema=schema)
+    test_split = read_examples(paths.TEST_SPLIT, schema)
+    test = test_split.subset(np.arange(min(VERIFY_EXAMPLES, len(test_split))))
     register_model = params.package.register_model and runs.registers_models()
     if params.package.register_model and not register_model:
         log.info("not registering a version: experiments do not move @%s", registry.CANDIDATE)
@@ -148,7 +202,7 @@ def run(params: Params) -> None:
         runs.close_abandoned_runs(mlflow_client)
 
     onnx_bytes = export.export_onnx(checkpoint, params.package.opset)
-    export.verify_onnx(onnx_bytes, checkpoint, test.images[:VERIFY_EXAMPLES])
+    export.verify_onnx(onnx_bytes, checkpoint, test if isinstance(test, Table) else test.images)
     origin = lineage.current(params.digest("data", "model", "train"))
     manifest = build_manifest(params, checkpoint, schema, origin.inputs, metrics, onnx_bytes)
 
@@ -156,9 +210,15 @@ def run(params: Params) -> None:
         atomic.write_bytes(staging / MODEL_FILE, onnx_bytes)
         atomic.write_json(staging / MANIFEST_FILE, manifest.to_json())
         atomic.write_text(staging / CARD_FILE, model_card(manifest, params, per_class))
-        profile = drift.Profile.of(read_split(paths.TRAIN_SPLIT, schema=schema).images, schema.pixel_max)
+        train = read_examples(paths.TRAIN_SPLIT, schema)
+        profile: drift.Profile | drift.TableProfile
+        if isinstance(train, Table) and isinstance(schema, TableSchema):
+            profile = drift.TableProfile.of(train, schema.columns)
+        elif isinstance(train, LabeledImages) and isinstance(schema, Schema):
+            profile = drift.Profile.of(train.images, schema.pixel_max)
         atomic.write_json(staging / PROFILE_FILE, profile.to_json())
         if mlflow_client is not None:
-            registry.register(mlflow_client, staging, manifest, origin, test.images[:2])
+            example = test.subset(np.arange(min(2, len(test))))
+            registry.register(mlflow_client, staging, manifest, origin, example)
     sha = manifest.model_sha256[:12]
     log.info("wrote %s (%d bytes of ONNX, sha256 %s)", paths.PACKAGE_DIR, len(onnx_bytes), sha)

@@ -80,6 +80,36 @@ def misclassified_png(
     _save(plt, fig, path)
 
 
+def misclassified_rows_png(
+    path: Path,
+    rows: Sequence[Mapping[str, float | str | None]],
+    true: Sequence[str],
+    predicted: Sequence[str],
+) -> None:
+    """A table of misclassified rows: each row's values (blank where missing), then `true → predicted`."""
+    columns = list(rows[0]) if rows else []
+    cells = [
+        [
+            "" if row[c] is None else f"{row[c]:g}" if isinstance(row[c], float) else str(row[c])
+            for c in columns
+        ]
+        + [f"{t} → {p}"]
+        for row, t, p in zip(rows, true, predicted, strict=True)
+    ]
+    plt, fig = _figure(max(4.0, 1.3 * (len(columns) + 1)), 0.6 + 0.28 * max(1, len(cells)))
+    ax = fig.add_subplot()
+    ax.axis("off")
+    if not cells:
+        fig.text(0.5, 0.5, "no misclassified examples", ha="center", va="center")
+    else:
+        table = ax.table(
+            cellText=cells, colLabels=[*columns, "true → predicted"], loc="center", cellLoc="left"
+        )
+        table.auto_set_font_size(False)
+        table.set_fontsize(7)
+    _save(plt, fig, path)
+
+
 def curves_png(path: Path, series: Mapping[str, Mapping[str, Sequence[float]]], title: str) -> None:
     """Training curves: loss (log scale) and accuracy; one colour per name, train dashed.
 

@@ -1,4 +1,5 @@
-"""Stage `prepare`: load the configured dataset and write a stratified train/val/test split."""
+"""Stage `prepare`: load the configured dataset and write a stratified train/val/test split
+(images: .npy arrays; a table: typed CSV files), with the schema the later stages check."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from fractions import Fraction
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from mlpipe.contracts import table as tables
 from mlpipe.contracts.data import LabeledImages, Schema, write_split
 from mlpipe.core import atomic, paths
-from mlpipe.core.errors import DataError
+from mlpipe.core.errors import DataError, ParamsError
 from mlpipe.core.params import DataParams, Params
 from mlpipe.ml.datasets.sources import load_source
+from mlpipe.ml.datasets.table import RawTable, load_raw_table
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,9 @@ def _class_counts(data: LabeledImages) -> dict[str, int]:
 
 def run(params: Params) -> None:
     """Read the source dataset, split it, and write data/prepared/ atomically."""
+    if params.data.is_table:
+        prepare_table(params.data)
+        return
     dataset = load_source(params.data)
     log.info(
         "loaded %s: %d images of %s, %d classes",
@@ -98,5 +104,77 @@ def run(params: Params) -> None:
     with atomic.replace_dir(paths.PREPARED_DIR) as staging:
         for name, split in splits.items():
             write_split(staging, name, split)
+        atomic.write_json(staging / paths.SCHEMA_FILE.name, schema.to_json())
+    log.info("wrote %s: %s", paths.PREPARED_DIR, ", ".join(f"{n}={len(s)}" for n, s in splits.items()))
+
+
+def _feature_names(raw: RawTable, params: DataParams, target: str) -> list[str]:
+    available = list(raw.columns)
+    if target not in raw.columns:
+        raise DataError(f"{raw.source}: no column {target!r} (data.target); its columns: {available}")
+    features = params.features or [name for name in available if name != target]
+    unknown = [name for name in [*features, *(params.columns or {})] if name not in raw.columns]
+    if unknown:
+        raise DataError(
+            f"{raw.source}: no column {unknown[0]!r} (named in data.features or data.columns); "
+            f"its columns: {available}"
+        )
+    untyped = [name for name in params.columns or {} if name not in features]
+    if untyped:
+        raise ParamsError(f"data.columns: {untyped[0]!r} is not one of the features {features}")
+    if not features:
+        raise DataError(f"{raw.source}: no feature column besides the target {target!r}")
+    return features
+
+
+def prepare_table(params: DataParams) -> None:
+    """Type the table's columns (data.columns, else inferred), drop the rows without a label,
+    split stratified by label, and write the splits and the schema learnt on the train split."""
+    raw = load_raw_table(params)
+    target = params.label_column
+    assert target is not None  # a table dataset always has one
+    features = _feature_names(raw, params, target)
+    labelled = [
+        i for i, text in enumerate(raw.columns[target]) if text is not None and not tables.is_missing(text)
+    ]
+    if len(labelled) < len(raw):
+        log.info("dropped %d of %d rows without a %s", len(raw) - len(labelled), len(raw), target)
+    label_texts = [str(raw.columns[target][i]).strip() for i in labelled]
+    classes = tuple(sorted(set(label_texts)))
+    if len(classes) < 2:
+        raise DataError(
+            f"{raw.source}: column {target!r} holds {len(classes)} class; a classifier needs at least 2"
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    types = {
+        name: (params.columns or {}).get(name) or tables.infer_type(raw.columns[name]) for name in features
+    }
+    values = {}
+    for name in features:
+        texts = [raw.columns[name][i] for i in labelled]
+        values[name] = (
+            tables.parse_numbers(name, texts)
+            if types[name] == tables.NUMBER
+            else tables.parse_categories(texts)
+        )
+    table = tables.Table(values, np.asarray([index[t] for t in label_texts], dtype=np.int64), classes)
+    log.info(
+        "loaded %s: %d rows, %d features, %d classes", raw.source, len(table), len(features), len(classes)
+    )
+    splits = {name: table.subset(idx) for name, idx in split_indices(table.labels, params).items()}
+    train = splits[paths.TRAIN_SPLIT]
+    schema = tables.TableSchema(
+        dataset=params.dataset,
+        target=target,
+        columns=tuple(tables.describe(name, types[name], train.features[name]) for name in features),
+        classes=classes,
+        split_counts={
+            name: dict(zip(classes, np.bincount(split.labels, minlength=len(classes)).tolist(), strict=True))
+            for name, split in splits.items()
+        },
+    )
+    with atomic.replace_dir(paths.PREPARED_DIR) as staging:
+        for name, split in splits.items():
+            tables.write_split(staging, name, split, schema)
         atomic.write_json(staging / paths.SCHEMA_FILE.name, schema.to_json())
     log.info("wrote %s: %s", paths.PREPARED_DIR, ", ".join(f"{n}={len(s)}" for n, s in splits.items()))

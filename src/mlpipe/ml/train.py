@@ -16,8 +16,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mlpipe.contracts.data import LabeledImages, read_schema, read_split
-from mlpipe.contracts.preprocessing import Preprocessing
+from mlpipe.contracts.data import LabeledImages, Schema, read_any_schema, read_examples
+from mlpipe.contracts.preprocessing import (
+    AnyPreprocessing,
+    TablePreprocessing,
+    model_inputs,
+    preprocessing_of,
+)
+from mlpipe.contracts.table import Table, TableSchema
 from mlpipe.core import atomic, distributed, lineage, paths, tables
 from mlpipe.core.errors import MlpipeError
 from mlpipe.core.params import Params, TrainParams
@@ -39,9 +45,13 @@ class Tensors:
     labels: torch.Tensor
 
     @classmethod
-    def of(cls, split: LabeledImages, preprocessing: Preprocessing, device: torch.device) -> Tensors:
-        inputs = torch.from_numpy(preprocessing.apply(split.images)).to(device)
-        return cls(inputs.contiguous(), torch.from_numpy(split.labels).to(device))
+    def of(
+        cls, split: LabeledImages | Table, preprocessing: AnyPreprocessing, device: torch.device
+    ) -> Tensors:
+        return cls(
+            model_inputs(split, preprocessing).to(device).contiguous(),
+            torch.from_numpy(split.labels).to(device),
+        )
 
 
 def select_device(requested: str) -> torch.device:
@@ -192,10 +202,10 @@ def run(params: Params) -> None:
 
 
 def _run(params: Params, world: distributed.World, device: torch.device) -> None:
-    schema = read_schema()
-    preprocessing = Preprocessing(schema.pixel_max, schema.pixel_mean, schema.pixel_std)
-    train_split = read_split(paths.TRAIN_SPLIT, schema=schema)
-    val_split = read_split(paths.VAL_SPLIT, schema=schema)
+    schema = read_any_schema()
+    preprocessing = preprocessing_of(schema)
+    train_split = read_examples(paths.TRAIN_SPLIT, schema)
+    val_split = read_examples(paths.VAL_SPLIT, schema)
     if world.is_main:  # rank 0 alone tracks and writes outputs
         # Check the tracking server before spending time on training.
         mlflow_client = runs.client()
@@ -203,7 +213,10 @@ def _run(params: Params, world: distributed.World, device: torch.device) -> None
         origin = lineage.current(params.digest("data", "model", "train"))
 
     generator = seed_everything(params.train.seed + world.rank, device, params.train.deterministic)
-    model = build_model(params.model, schema.array_shape, len(schema.classes)).to(device)
+    input_shape = (
+        schema.array_shape if isinstance(schema, Schema) else (TablePreprocessing(schema.columns).width,)
+    )
+    model = build_model(params.model, input_shape, len(schema.classes)).to(device)
     train_data = Tensors.of(train_split, preprocessing, device)
     train_data = Tensors(*world.shard(train_data.inputs, train_data.labels))
     val_data = Tensors.of(val_split, preprocessing, device)
@@ -243,7 +256,7 @@ def _run(params: Params, world: distributed.World, device: torch.device) -> None
 
         checkpoint = Checkpoint(
             params.model,
-            schema.image_shape,
+            () if isinstance(schema, TableSchema) else schema.image_shape,
             schema.classes,
             preprocessing,
             {k: v.cpu() for k, v in model.state_dict().items()},

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlpipe.contracts import compare
-from mlpipe.contracts.manifest import PackageManifest
+from mlpipe.contracts.data import LabeledImages
+from mlpipe.contracts.manifest import PackageManifest, TableInput
+from mlpipe.contracts.table import Table
 from mlpipe.core import lineage, paths
 from mlpipe.core.errors import ArtifactError, MlpipeError, TrackingError
 from mlpipe.tracking import runs
@@ -239,20 +241,67 @@ def package_uri(client: MlflowClient, name: str, alias: str) -> str:
 
 
 def signature(manifest: PackageManifest) -> ModelSignature:
-    """The MLflow signature of a package's model, from its manifest: raw pixels in, probabilities out."""
+    """The MLflow signature of a package's model, from its manifest: raw pixels in, probabilities
+    out; for a table, one column per feature in, the label and each class's probability out."""
     import numpy as np
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
+    from mlflow.types.schema import AnyType, ColSpec, Schema, TensorSpec
 
     spec = manifest.input
+    if isinstance(spec, TableInput):
+        from mlpipe.tracking.table_pyfunc import LABEL_COLUMN, probability_column
+
+        # A number column is Any: pandas reads whole numbers as int64, which MLflow does not convert
+        # to double; the wrapper reads every number as a float (and refuses text).
+        inputs = [
+            ColSpec(AnyType() if c.is_number else "string", c.name, required=False) for c in spec.columns
+        ]
+        outputs = [ColSpec("string", LABEL_COLUMN)]
+        outputs += [ColSpec("float", probability_column(label)) for label in manifest.labels]
+        return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
     pixels = TensorSpec(np.dtype(spec.dtype), (-1, *spec.shape), spec.name)
     probabilities = TensorSpec(np.dtype(np.float32), (-1, len(manifest.labels)), manifest.output_name)
     return ModelSignature(inputs=Schema([pixels]), outputs=Schema([probabilities]))
 
 
-def _requirements() -> list[str]:
-    """What MLflow's pyfunc of the ONNX model needs installed."""
-    return [f"{name}=={installed_version(name)}" for name in ("onnx", "onnxruntime", "numpy")]
+def _requirements(table: bool = False) -> list[str]:
+    """What MLflow's pyfunc of the ONNX model needs installed (a table's: the pandas wrapper's too)."""
+    names = ("onnx", "onnxruntime", "numpy", *(("pandas", "pydantic", "pyyaml") if table else ()))
+    return [f"{name}=={installed_version(name)}" for name in names]
+
+
+def _log_model(package_dir: Path, manifest: PackageManifest, example: LabeledImages | Table) -> str:
+    """Log the package's model to the active run, with its signature and an input example; its URI."""
+    import mlflow
+    import onnx
+
+    if isinstance(example, Table):
+        import pandas as pd
+
+        from mlpipe.tracking.table_pyfunc import PACKAGE_ARTIFACT, TableModel
+
+        # The pyfunc wrapper is mlpipe code: its package goes along, so loading needs no mlpipe.
+        logged = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=TableModel(),
+            artifacts={PACKAGE_ARTIFACT: str(package_dir)},
+            code_paths=[str(Path(__file__).parents[1])],
+            signature=signature(manifest),
+            input_example=pd.DataFrame(example.records()),
+            pip_requirements=_requirements(table=True),
+        )
+        return logged.model_uri
+    model = onnx.load_model_from_string((package_dir / manifest.model_file).read_bytes())
+    logged = mlflow.onnx.log_model(
+        model,
+        name="model",
+        signature=signature(manifest),
+        input_example=example.images,
+        pip_requirements=_requirements(),
+        save_as_external_data=False,
+        onnx_execution_providers=["CPUExecutionProvider"],
+    )
+    return logged.model_uri
 
 
 def _register_version(client: MlflowClient, name: str, model_uri: str, tags: Mapping[str, str]) -> str:
@@ -284,7 +333,7 @@ def register(
     package_dir: Path,
     manifest: PackageManifest,
     origin: lineage.Lineage,
-    example: object,
+    example: LabeledImages | Table,
 ) -> str:
     """Log the package and the evaluate reports to the run that trained the checkpoint, register
     its ONNX model (with its signature) as a new version and point `candidate` at it.
@@ -292,8 +341,6 @@ def register(
     All or nothing for the alias: the version is created with its tags in one request and deleted
     again if `candidate` cannot be set, so `candidate` keeps pointing at the previous version.
     """
-    import mlflow
-    import onnx
 
     run_id = training_run(client)
     tags = runs.lineage_tags(origin)
@@ -317,16 +364,7 @@ def register(
         # (and the tracking URI set) for these calls only.
         with mlflow_run.active():
             with runs.reported(f"logging model {manifest.name!r}"):
-                model = onnx.load_model_from_string((package_dir / manifest.model_file).read_bytes())
-                logged = mlflow.onnx.log_model(
-                    model,
-                    name="model",
-                    signature=signature(manifest),
-                    input_example=example,
-                    pip_requirements=_requirements(),
-                    save_as_external_data=False,
-                    onnx_execution_providers=["CPUExecutionProvider"],
-                )
-            version = _register_version(client, manifest.name, logged.model_uri, version_tags)
+                model_uri = _log_model(package_dir, manifest, example)
+            version = _register_version(client, manifest.name, model_uri, version_tags)
     log.info("registered %s version %s as @%s (run %s)", manifest.name, version, CANDIDATE, mlflow_run.run_id)
     return version
