@@ -47,6 +47,23 @@ TINY_PARAMS: dict[str, dict[str, Any]] = {
     "evaluate": {"misclassified_examples": 8},
 }
 
+# A table: palmerpenguins' CSV, which ships with the package (offline): 344 rows, 3 species,
+# categories with gaps and numbers with gaps. Every key of the data section, as TINY_DATA.
+TINY_TABLE_DATA: dict[str, Any] = TINY_DATA | {
+    "dataset": "penguins",
+    "max_samples": None,
+    "target": None,
+    "features": None,
+    "columns": None,
+}
+# The MLP on the table: seconds to train, well above chance.
+TINY_TABLE_PARAMS: dict[str, dict[str, Any]] = {
+    "data": TINY_TABLE_DATA,
+    "model": {"width": None, "depth": 1, "hidden": 16, "dropout": 0.0},
+    "train": {"epochs": 6, "batch_size": 32, "lr": 0.01},
+    "evaluate": {"misclassified_examples": 8},
+}
+
 
 def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for commands under test: our venv first, no outside tracking server."""

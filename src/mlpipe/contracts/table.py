@@ -29,7 +29,8 @@ from mlpipe.core.errors import ArtifactError, DataError
 
 TABLE_KIND = "table"
 SCHEMA_VERSION = 1
-NUMBER, CATEGORY = "number", "category"
+NUMBER: Literal["number"] = "number"
+CATEGORY: Literal["category"] = "category"
 ColumnType = Literal["number", "category"]
 # What a CSV field holding no value says (pandas' and R's usual spellings); an empty field too.
 MISSING_TEXT = frozenset({"", "NA", "N/A", "NaN", "nan", "NULL", "null", "None"})
@@ -194,7 +195,8 @@ def parse_numbers(name: str, texts: Iterable[str | None]) -> np.ndarray:
             bad = not math.isfinite(value)
         if bad:
             raise DataError(
-                f"column {name!r}, row {row + 1}: {text!r} is not a number (the column's type is number)"
+                f"column {name!r}, row {row + 1} (after the header): {text!r} is not a number (the "
+                "column's type is number)"
             )
         values.append(value)
     return np.asarray(values, dtype=np.float64)

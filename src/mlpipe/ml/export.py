@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 
 import numpy as np
 import onnx
@@ -89,7 +90,9 @@ def _export(
     # The exporter narrates its steps on stdout and warns about torchvision ops this model
     # never uses (torch resets its loggers on import, so this cannot live in the CLI setup).
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # A table's column inputs share the one batch dimension, which the exporter notes.
+        warnings.filterwarnings("ignore", message="# The axis name: batch will not be used")
         program = torch.onnx.export(
             module,
             examples,

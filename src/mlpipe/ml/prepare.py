@@ -150,13 +150,11 @@ def prepare_table(params: DataParams) -> None:
         name: (params.columns or {}).get(name) or tables.infer_type(raw.columns[name]) for name in features
     }
     values = {}
-    for name in features:
-        texts = [raw.columns[name][i] for i in labelled]
-        values[name] = (
-            tables.parse_numbers(name, texts)
-            if types[name] == tables.NUMBER
-            else tables.parse_categories(texts)
-        )
+    for name in features:  # every row parsed, so that an error names the row of the file
+        texts = raw.columns[name]
+        number = types[name] == tables.NUMBER
+        parsed = tables.parse_numbers(name, texts) if number else tables.parse_categories(texts)
+        values[name] = parsed[labelled]
     table = tables.Table(values, np.asarray([index[t] for t in label_texts], dtype=np.int64), classes)
     log.info(
         "loaded %s: %d rows, %d features, %d classes", raw.source, len(table), len(features), len(classes)

@@ -253,10 +253,10 @@ def signature(manifest: PackageManifest) -> ModelSignature:
 
         # A number column is Any: pandas reads whole numbers as int64, which MLflow does not convert
         # to double; the wrapper reads every number as a float (and refuses text).
-        inputs = [
+        inputs: list[ColSpec | TensorSpec] = [
             ColSpec(AnyType() if c.is_number else "string", c.name, required=False) for c in spec.columns
         ]
-        outputs = [ColSpec("string", LABEL_COLUMN)]
+        outputs: list[ColSpec | TensorSpec] = [ColSpec("string", LABEL_COLUMN)]
         outputs += [ColSpec("float", probability_column(label)) for label in manifest.labels]
         return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
     pixels = TensorSpec(np.dtype(spec.dtype), (-1, *spec.shape), spec.name)

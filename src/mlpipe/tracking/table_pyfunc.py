@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from mlpipe.contracts.manifest import MANIFEST_FILE, PackageManifest, TableInput
 from mlpipe.contracts.table import model_inputs
@@ -28,7 +29,7 @@ def probability_column(label: str) -> str:
     return f"probability({label})"
 
 
-class TableModel(mlflow.pyfunc.PythonModel):
+class TableModel(PythonModel):
     """A table package's ONNX model behind MLflow's pyfunc interface."""
 
     def load_context(self, context: Any) -> None:
@@ -46,9 +47,9 @@ class TableModel(mlflow.pyfunc.PythonModel):
         model = (package / manifest.model_file).read_bytes()
         self.session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
-        import pandas as pd
-
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         frame = pd.DataFrame(model_input)
         missing = [column.name for column in self.columns if column.name not in frame.columns]
         if missing:

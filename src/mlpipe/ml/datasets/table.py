@@ -51,7 +51,7 @@ def _read_csv(path: Path) -> RawTable:
     for number, row in enumerate(body, start=2):
         if len(row) != len(header):
             raise DataError(f"{path}, line {number}: {len(row)} fields, the header has {len(header)}")
-    columns = {name: [row[i] for row in body] for i, name in enumerate(header)}
+    columns: dict[str, list[str | None]] = {name: [row[i] for row in body] for i, name in enumerate(header)}
     return RawTable(str(path), columns)
 
 
