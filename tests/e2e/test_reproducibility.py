@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TINY_PARAMS, make_project, require, run, subprocess_env, update_params
+from tests.conftest import (
+    TINY_PARAMS,
+    TINY_TABLE_PARAMS,
+    make_project,
+    require,
+    run,
+    subprocess_env,
+    update_params,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,9 +46,13 @@ def digest(path: Path) -> str:
 # machines CI runs on. Emulated vector code is 100-1000x slower, hence the tiny training.
 EMULATED_CPUS = {"amd-epyc-rome": "EPYC-Rome", "intel-haswell": "Haswell"}
 CPU_PARAMS = {
-    "data": {"max_samples": 400},
-    "model": TINY_PARAMS["model"],
-    "train": {"epochs": 2, "batch_size": 32, "lr": 0.01},
+    "images": {
+        "data": {"max_samples": 400},
+        "model": TINY_PARAMS["model"],
+        "train": {"epochs": 2, "batch_size": 32, "lr": 0.01},
+    },
+    # the MLP on the bundled table: its preprocessing (gaps, scaling, one-hot) runs in training too
+    "table": TINY_TABLE_PARAMS | {"train": {"epochs": 3, "batch_size": 32, "lr": 0.01}},
 }
 
 
@@ -51,9 +63,12 @@ def emulator() -> str:
     return qemu
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    project = make_project(tmp_path_factory.mktemp("numerics") / "project", CPU_PARAMS)
+@pytest.fixture(scope="module", params=sorted(CPU_PARAMS))
+def prepared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project whose data are prepared: images, or the bundled table."""
+    project = make_project(
+        tmp_path_factory.mktemp(f"numerics-{request.param}") / "project", CPU_PARAMS[request.param]
+    )
     run("dvc", "repro", "prepare", cwd=project)
     return project
 
@@ -153,10 +168,10 @@ def test_training_calls_none_of_onemkls_vector_math(prepared: Path, tmp_path: Pa
     assert called == []
 
 
-def test_native_numerics_depend_on_the_machine(prepared: Path, tmp_path: Path) -> None:
+def test_native_numerics_depend_on_the_machine(tmp_path: Path) -> None:
     """The control: without the pins, what a machine's settings choose does change the bytes."""
-    project = tmp_path / "native"
-    shutil.copytree(prepared, project, symlinks=True)
+    project = make_project(tmp_path / "native", CPU_PARAMS["images"])
+    run("dvc", "repro", "prepare", cwd=project)
     update_params(project, {"train": {"numerics": "native"}})
     results = set()
     for env in ({"ATEN_CPU_CAPABILITY": "default"}, {"OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "2"}):
