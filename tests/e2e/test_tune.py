@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import TINY_PARAMS, make_project, run, subprocess_env
+from tests.conftest import TINY_PARAMS, TINY_TABLE_PARAMS, make_project, run, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -285,3 +285,23 @@ def test_a_trial_whose_params_equal_the_workspace_still_trains_and_is_tracked(pr
     (tracked,) = trial_runs(project, "unchanged")
     assert tracked.data.tags["mlpipe.tune.state"] == "complete"
     assert len(trial.intermediate_values) == TINY_PARAMS["train"]["epochs"]
+
+
+def test_a_table_projects_study_searches_its_mlp(tmp_path: Path) -> None:
+    """A project on the bundled table: its space searches the MLP's units, and its trial trains
+    that MLP (model.width stays null, as a table needs)."""
+    project = make_project(tmp_path / "penguins", TINY_TABLE_PARAMS)
+    write_space(
+        project,
+        "table",
+        objective={"metric": "val_accuracy", "direction": "maximize"},
+        params={"model.hidden": {"type": "categorical", "choices": [8, 24]}},
+    )
+    tune(project, "--trials", "1")
+    (trial,) = trials_in(project, "table", "COMPLETE")
+    params = show_json(project, trial.user_attrs["dvc_rev"], "params.yaml")
+    assert params["data"]["dataset"] == "penguins"
+    assert (params["model"]["width"], params["model"]["hidden"]) == (None, trial.params["model.hidden"])
+    assert show_json(project, trial.user_attrs["dvc_rev"], "reports/train_metrics.json")["val_accuracy"] == (
+        trial.value
+    )

@@ -67,6 +67,7 @@ def test_each_sampler_maps_to_katibs_algorithm(tmp_path: Path, sampler: str, alg
     raw["sampler"]["name"] = sampler
     raw["params"] = {k: v for k, v in raw["params"].items() if v["type"] != "float"}
     (tmp_path / "tune.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "params.yaml").write_text("")  # the schema's defaults
     document = render(tmp_path / "tune.yaml")
     validate(document)
     assert document["spec"]["algorithm"]["algorithmName"] == algorithm
@@ -131,3 +132,18 @@ def test_a_bool_choice_is_categorical() -> None:
     (parameter,) = document["spec"]["parameters"]
     assert parameter["parameterType"] == "categorical"
     assert parameter["feasibleSpace"]["list"] == ["true", "false"]
+
+
+def test_a_table_projects_experiment_searches_its_mlp(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(
+        "data:\n  dataset: penguins\n  source: data/raw/none\nmodel:\n  width: null\n"
+    )
+    raw = yaml.safe_load((REPO_ROOT / "tune.yaml").read_text())
+    raw["params"] = {
+        "train.lr": {"type": "float", "low": 1.0e-3, "high": 3.0e-2, "log": True},
+        "model.hidden": {"type": "int", "low": 16, "high": 128, "step": 16},
+    }
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(raw))
+    document = render(tmp_path / "tune.yaml")
+    validate(document)
+    assert {p["name"] for p in document["spec"]["parameters"]} == {"train.lr", "model.hidden"}

@@ -10,7 +10,7 @@ import optuna
 import pytest
 import yaml
 
-from mlpipe.core.errors import TuningError
+from mlpipe.core.errors import ParamsError, TuningError
 from mlpipe.core.params import load_params, parse_params
 from mlpipe.workflows.tuning.space import load_space, parse_scalar, parse_space
 from mlpipe.workflows.tuning.study import EXPERIMENT_ATTR, METRICS_ATTR, Tuner, summary, yaml_scalar
@@ -155,8 +155,44 @@ def test_params_yaml_reads_the_floats_dvc_writes_for_small_values(tmp_path: Path
 
 
 def test_tune_yaml_reads_floats_written_without_a_dot(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("")
     (tmp_path / "tune.yaml").write_text(yaml.safe_dump(space()).replace("0.0001", "1e-4"))
     assert parse_space(space()) == load_space(tmp_path / "tune.yaml")
+
+
+# A project that trains on the bundled table: its MLP has no conv channels (model.width).
+TABLE_PARAMS = "data:\n  dataset: penguins\n  source: data/raw/none\nmodel:\n  width: null\n"
+
+
+def test_a_space_searching_what_the_projects_data_has_not_is_refused_by_key(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(TABLE_PARAMS)
+    searched = {"model.width": {"type": "int", "low": 8, "high": 32, "step": 8}}
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(space(params=searched)))
+    with pytest.raises(TuningError) as refused:
+        load_space(tmp_path / "tune.yaml")
+    message = str(refused.value)
+    assert message.startswith(f"{tmp_path / 'tune.yaml'}: params.model.width: 8 does not fit")
+    assert "dataset 'penguins' is a table" in message
+    assert message.endswith(
+        "leave model.width out of " + str(tmp_path / "tune.yaml") + ", or search values that fit"
+    )
+
+
+def test_a_table_projects_space_searches_its_mlp(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(TABLE_PARAMS)
+    searched = {
+        "model.hidden": {"type": "int", "low": 16, "high": 128, "step": 16},
+        "model.depth": {"type": "int", "low": 1, "high": 3},
+        "train.lr": {"type": "float", "low": 1.0e-3, "high": 3.0e-2, "log": True},
+    }
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(space(params=searched)))
+    assert set(load_space(tmp_path / "tune.yaml").params) == set(searched)
+
+
+def test_a_space_is_checked_against_the_params_yaml_beside_it(tmp_path: Path) -> None:
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(space()))
+    with pytest.raises(ParamsError, match=re.escape(f"{tmp_path / 'params.yaml'}: not found")):
+        load_space(tmp_path / "tune.yaml")
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])

@@ -1,11 +1,13 @@
 """The search space (tune.yaml): which params vary and how, the objective, budget and sampler.
 
 Validated like params.yaml: strict, frozen models whose errors name the key; every param it
-names must exist in the params schema and every value it can propose must be valid there.
+names must exist in the params schema, and every value it can propose must be valid there and in
+the project's own params.yaml (a table's MLP has no model.width to search: SearchSpace.fit).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, cast
@@ -13,9 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Literal, cast
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mlpipe.core.errors import TuningError
-from mlpipe.core.params import Params, Seed, read_yaml, validate_config
-from mlpipe.core.paths import TUNE_FILE
+from mlpipe.core.errors import ParamsError, TuningError
+from mlpipe.core.params import Params, Seed, parse_params, read_yaml, validate_config
+from mlpipe.core.paths import PARAMS_FILE, TUNE_FILE
 
 if TYPE_CHECKING:
     import optuna
@@ -181,6 +183,25 @@ class SearchSpace(_Strict):
                 )
         return self
 
+    def fit(self, params: object, params_file: Path, source: Path) -> None:
+        """Raise TuningError unless every value the space can propose, set into the project's
+        params (``params``, as loaded from ``params_file``), validates: a trial must never fail
+        on a param that does not apply to the project's data (model.width on a table)."""
+        parse_params(params, params_file)
+        for key, space in self.params.items():
+            section, _, name = key.partition(".")
+            for value in space.values():
+                proposed = copy.deepcopy(params) if isinstance(params, dict) else {}
+                proposed.setdefault(section, {})[name] = value
+                try:
+                    parse_params(proposed, params_file)
+                except ParamsError as e:
+                    problem = str(e).removeprefix(f"{params_file}: ").removeprefix("(top level): ")
+                    raise TuningError(
+                        f"{source}: params.{key}: {value!r} does not fit the project's {params_file} "
+                        f"({problem}); leave {key} out of {source}, or search values that fit"
+                    ) from e
+
     def target_stage(self) -> str:
         """The last stage a trial runs: `train` when the objective is on the validation curve."""
         return PRODUCING_STAGE[OBJECTIVE_FILES[self.objective.metric]]
@@ -247,5 +268,9 @@ def parse_space(raw: object, source: Path = TUNE_FILE) -> SearchSpace:
 
 
 def load_space(path: Path = TUNE_FILE) -> SearchSpace:
-    """Read and validate tune.yaml."""
-    return parse_space(read_yaml(path, TuningError), path)
+    """Read and validate tune.yaml, and check it fits the project's params.yaml, the one beside
+    it (both live at the project's root)."""
+    space = parse_space(read_yaml(path, TuningError), path)
+    params_file = path.parent / PARAMS_FILE.name
+    space.fit(read_yaml(params_file, ParamsError), params_file, path)
+    return space
