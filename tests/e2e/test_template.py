@@ -1,6 +1,7 @@
 """copier on this repository as the template, with the real copier: a made project carries its
-answers and none of the demo's names, trains on its own images and passes its own tests, and
-`copier update` brings in a later template commit while keeping the team's edits."""
+answers and none of the demo's names, trains on its own images and passes its own tests, trains
+on its own table, and `copier update` brings in a later template commit while keeping the team's
+edits."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from mlpipe.integrations import template
+from mlpipe.workflows.tuning.space import load_space
 from tests.conftest import BIN_DIR, make_project, project_files, run
 from tests.e2e.test_own_data import commit_all, write_images
 
@@ -119,6 +121,50 @@ def test_a_made_project_trains_on_its_own_colour_images_and_passes_its_fast_test
         cwd=made, env=env, check=False,
     )  # fmt: skip
     assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-3000:]
+
+
+def write_wines(path: Path) -> None:
+    """scikit-learn's wine data as a team's CSV: 178 wines, 13 measurements, a region column of
+    text, a few empty cells, and the cultivar as the label."""
+    from sklearn.datasets import load_wine
+
+    wines = load_wine(as_frame=True)
+    table = wines.data.copy()
+    table["region"] = [("north", "south", "coast")[i % 3] for i in range(len(table))]
+    table.loc[table.index % 10 == 0, "alcohol"] = None
+    table.loc[table.index % 15 == 0, "region"] = None
+    table["cultivar"] = [f"cultivar-{label}" for label in wines.target]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+
+
+def test_a_made_project_trains_on_its_own_csv_and_packages_it(template_repo: Path, tmp_path: Path) -> None:
+    wines = "data/raw/wines.csv"
+    made = copier_copy(
+        template_repo,
+        tmp_path / "acme-wine",
+        *("--data", "project_name=acme-wine", "--data", "model_name=acme-wine-net"),
+        *("--data", "dataset=table", "--data", f"data_source={wines}", "--data", "target=cultivar"),
+    )
+    write_wines(made / wines)
+    run("dvc", "add", wines, cwd=made)
+    commit_all(made, "Our wines")
+    run("dvc", "repro", cwd=made)
+
+    schema = json.loads((made / "data/prepared/schema.json").read_text())
+    assert schema["classes"] == ["cultivar-0", "cultivar-1", "cultivar-2"]
+    columns = {column["name"]: column for column in schema["columns"]}
+    assert len(columns) == 14
+    assert columns["region"]["type"] == "category"
+    assert columns["region"]["levels"] == ["coast", "north", "south"]
+    assert columns["alcohol"]["type"] == "number"
+    assert columns["alcohol"]["missing"] > 0 and columns["region"]["missing"] > 0
+    package = json.loads((made / "models/package/package.json").read_text())
+    assert (package["name"], package["dataset"]) == ("acme-wine-net", "table")
+    assert package["input"]["kind"] == "table"
+    assert package["architecture"]["params"]["width"] is None
+    # its tuning searches what its MLP has
+    assert "model.width" not in load_space(made / "tune.yaml").params
 
 
 def test_copier_update_brings_a_template_commit_and_keeps_the_teams_edits(

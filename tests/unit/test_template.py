@@ -12,9 +12,10 @@ import configobj
 import pytest
 import yaml
 
-from mlpipe.core.params import DataParams
+from mlpipe.core.params import DataParams, load_params
 from mlpipe.integrations import template
 from mlpipe.integrations.template import Answers, TemplateError
+from mlpipe.workflows.tuning.space import load_space
 from tests.conftest import REPO_ROOT
 
 ANSWERS = Answers(
@@ -25,6 +26,10 @@ ANSWERS = Answers(
     data_remote="s3://acme-ml/vision/data",
     models_remote="../acme-vision-models",
     mlflow_tracking_uri="http://mlflow.acme.internal:5000",
+)
+# A team's own table: a CSV file and its label column.
+TABLE_ANSWERS = Answers(
+    **{**vars(ANSWERS), "dataset": "table", "data_source": "data/raw/wine.csv", "target": "cultivar"}
 )
 
 
@@ -65,6 +70,57 @@ def test_idx_classes_go_into_params_as_a_list(tmp_path: Path) -> None:
     )
     text = template.params_text((REPO_ROOT / "params.yaml").read_text(), answers)
     assert yaml.safe_load(text)["data"]["classes"] == ["cat", "dog"]
+
+
+def made_params(text: str, answers: Answers, tmp_path: Path) -> Path:
+    """params.yaml made from ``text`` for ``answers``, written where load_params reads it."""
+    path = tmp_path / "params.yaml"
+    path.write_text(template.params_text(text, answers))
+    return path
+
+
+def test_a_table_project_gets_its_file_and_label_column_and_an_mlp(tmp_path: Path) -> None:
+    template_text = (REPO_ROOT / "params.yaml").read_text()
+    path = made_params(template_text, TABLE_ANSWERS, tmp_path)
+    params = load_params(path)
+    assert (params.data.dataset, params.data.source, params.data.target) == (
+        "table",
+        "data/raw/wine.csv",
+        "cultivar",
+    )
+    assert params.model.width is None
+    assert comments(path.read_text()) == comments(template_text)
+
+
+def test_the_bundled_table_needs_no_file_and_no_label_column(tmp_path: Path) -> None:
+    answers = Answers(**{**vars(ANSWERS), "dataset": "penguins", "data_source": "data/raw/none"})
+    params = load_params(made_params((REPO_ROOT / "params.yaml").read_text(), answers, tmp_path))
+    assert (params.data.dataset, params.data.source, params.data.label_column) == (
+        "penguins",
+        None,
+        "species",
+    )
+    assert params.model.width is None
+
+
+def test_the_made_params_are_valid_whatever_data_the_templates_params_select(tmp_path: Path) -> None:
+    # a template whose own params.yaml trains on a table, made into an image project, and back
+    table_template = template.params_text((REPO_ROOT / "params.yaml").read_text(), TABLE_ANSWERS)
+    images = load_params(made_params(table_template, ANSWERS, tmp_path))
+    assert (images.data.dataset, images.data.target, images.model.width) == ("imagefolder", None, 32)
+    image_template = (tmp_path / "params.yaml").read_text()
+    assert load_params(made_params(image_template, TABLE_ANSWERS, tmp_path)).model.width is None
+
+
+def test_a_table_projects_tuning_searches_its_mlp_not_conv_channels(tmp_path: Path) -> None:
+    template_tune = (REPO_ROOT / "tune.yaml").read_text()
+    made_params((REPO_ROOT / "params.yaml").read_text(), TABLE_ANSWERS, tmp_path)
+    (tmp_path / "tune.yaml").write_text(template.tune_text(template_tune, TABLE_ANSWERS))
+    # the space fits the project's params.yaml: every value it can propose is valid there
+    space = load_space(tmp_path / "tune.yaml")
+    assert template.IMAGE_ONLY_SEARCH not in space.params
+    assert "model.hidden" in space.params
+    assert comments((tmp_path / "tune.yaml").read_text()) == comments(template_tune)
 
 
 def test_the_dvc_remotes_are_the_answers(applied: Path) -> None:
@@ -111,6 +167,8 @@ def test_the_tracking_server_is_named_where_the_docs_say_to_set_it(applied: Path
         ({"model_name": "Acme_Net"}, "package.model_name:"),
         ({"dataset": "tfrecords"}, "data.dataset:"),
         ({"data_source": "data/raw/none"}, "source is required for dataset 'imagefolder'"),
+        ({"dataset": "table", "data_source": "data/raw/wine.csv"}, "target is required for dataset 'table'"),
+        ({"target": "cultivar"}, "target applies to table datasets only"),
         ({"data_remote": ""}, "data_remote:"),
         ({"mlflow_tracking_uri": "http://ci:fake@mlflow.example"}, "mlflow_tracking_uri: has a password"),
     ],

@@ -4,7 +4,8 @@ The project files hold no Jinja, so this repository stays a working project; cop
 as they are, then runs ``python -m mlpipe.integrations.template`` (copier.yml's ``_tasks``) in the
 new project, which replaces the demo's names and choices with the answers: params.yaml (a YAML
 round trip that keeps its comments), the DVC remotes (``dvc remote add``), the Kubernetes
-namespaces and the model name in deploy/ and the docs, the tuning study's name, the README's title.
+namespaces and the model name in deploy/ and the docs, the tuning study's name and, for a table,
+its search space, the README's title.
 
 copier runs the task on fresh copies of the template only: after ``copier copy``, and during
 ``copier update`` on the old and on the new template version (rendered with the same answers)
@@ -28,11 +29,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedSeq
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from mlpipe.core import atomic, vcs
 from mlpipe.core.errors import MlpipeError
-from mlpipe.core.params import Params, validate_config
+from mlpipe.core.params import TABLE_DATASETS, TABLE_KEYS, ModelParams, Params, validate_config
 from mlpipe.core.paths import PARAMS_FILE, TUNE_FILE
 
 # The demo's own names, as this repository ships them.
@@ -92,6 +93,10 @@ LAYOUT_LINES = (
     ".copier-answers.yml               the answers this project was made with (copier update reads them)\n",
 )
 DATA_REMOTE, MODELS_REMOTE = "data", "models"
+# A table's MLP has no model.width (its conv blocks' channels) to search: tune.yaml searches its
+# units in that place.
+IMAGE_ONLY_SEARCH = "model.width"
+TABLE_SEARCH = ("model.hidden", {"type": "int", "low": 16, "high": 128, "step": 16})
 # a DNS label that leaves room for "-production" (a Kubernetes namespace has 63 characters at most)
 PROJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?")
 
@@ -112,6 +117,8 @@ class Answers:
     models_remote: str
     # idx only: the class names, comma-separated
     classes: str = ""
+    # table only: the label column
+    target: str = ""
     # empty: none yet (runs go to the local store until MLFLOW_TRACKING_URI is set)
     mlflow_tracking_uri: str = ""
 
@@ -119,6 +126,11 @@ class Answers:
         """``classes`` as data.classes holds them; None when not given."""
         names = [name.strip() for name in self.classes.split(",") if name.strip()]
         return names or None
+
+    @property
+    def is_table(self) -> bool:
+        """Whether the project trains on a table (else on images)."""
+        return self.dataset in TABLE_DATASETS
 
     def check(self) -> None:
         """Raise TemplateError unless every answer can go where apply() puts it."""
@@ -132,6 +144,8 @@ class Answers:
         data: dict[str, object] = {"dataset": self.dataset, "source": self.data_source}
         if self.class_names():
             data["classes"] = self.class_names()
+        if self.target:
+            data["target"] = self.target
         validate_config(
             Params, {"data": data, "package": {"model_name": self.model_name}}, Path("answers"), TemplateError
         )
@@ -185,6 +199,7 @@ def apply(answers: Answers, root: Path = Path()) -> None:
         edited[name] = text
     edited[README] = _readme(edited[README], answers.project_name)
     edited[PARAMS_FILE.as_posix()] = params_text(_read(root / PARAMS_FILE), answers)
+    edited[TUNE_FILE.as_posix()] = tune_text(edited[TUNE_FILE.as_posix()], answers)
     for name, text in edited.items():
         atomic.write_text(root / name, text)
     # DVC writes its own config: a local path relative to .dvc/, the demo's whole section replaced
@@ -215,27 +230,75 @@ def _readme(text: str, project_name: str) -> str:
 
 
 def params_text(text: str, answers: Answers) -> str:
-    """params.yaml with the answers in it, every comment and the layout kept."""
+    """params.yaml with the answers in it, every comment and the layout kept; the keys of other
+    kinds of data set to null, so the file is valid for the answers whatever the template's own
+    params.yaml selects."""
     yaml = YAML()
     # null as the file spells it (ruamel would leave the value empty)
     yaml.representer.add_representer(type(None), _null)
     params = yaml.load(text)
-    for section in ("data", "package"):
+    for section in ("data", "model", "package"):
         if not isinstance(params, dict) or not isinstance(params.get(section), dict):
             raise TemplateError(f"{PARAMS_FILE}: no section {section!r}")
-    params["data"]["dataset"] = answers.dataset
-    params["data"]["source"] = answers.data_source
+    data, model = params["data"], params["model"]
+    data["dataset"] = answers.dataset
+    data["source"] = answers.data_source
     if classes := answers.class_names():
         listed = CommentedSeq(classes)
         listed.fa.set_flow_style()
-        if "classes" in params["data"]:
-            params["data"]["classes"] = listed
-        else:
-            params["data"].insert(list(params["data"]).index("source") + 1, "classes", listed)
+        _put(data, "classes", listed, after="source")
+    elif data.get("classes") is not None:
+        data["classes"] = None
+    if answers.target:
+        # under params.yaml's comments on the table keys, which follow `classes`
+        _put(data, "target", answers.target, after="classes" if "classes" in data else "source")
+    not_applying = ("channels", "image_size") if answers.is_table else TABLE_KEYS
+    for key in not_applying:
+        if data.get(key) is not None:
+            data[key] = None
+    if answers.is_table:
+        model["width"] = None
+    elif model.get("width") is None:
+        model["width"] = ModelParams.model_fields["width"].default
     params["package"]["model_name"] = answers.model_name
     out = io.StringIO()
     yaml.dump(params, out)
+    made = out.getvalue()
+    validate_config(Params, YAML(typ="safe").load(made), PARAMS_FILE, TemplateError)
+    return made
+
+
+def tune_text(text: str, answers: Answers) -> str:
+    """tune.yaml with, for a table, a search space its MLP takes (model.hidden where images
+    search model.width), every comment kept."""
+    if not answers.is_table:
+        return text
+    yaml = YAML()
+    space = yaml.load(text)
+    searched = space.get("params") if isinstance(space, dict) else None
+    if not isinstance(searched, CommentedMap):
+        raise TemplateError(f"{TUNE_FILE}: no mapping 'params' (the search space)")
+    if IMAGE_ONLY_SEARCH not in searched:
+        return text
+    key, distribution = TABLE_SEARCH
+    # the same entry, its comments kept, renamed and given the table's range
+    entry = searched[IMAGE_ONLY_SEARCH]
+    for name in [name for name in entry if name not in distribution]:
+        del entry[name]
+    entry.update(distribution)
+    searched.insert(list(searched).index(IMAGE_ONLY_SEARCH), key, entry)
+    del searched[IMAGE_ONLY_SEARCH]
+    out = io.StringIO()
+    yaml.dump(space, out)
     return out.getvalue()
+
+
+def _put(section: Any, key: str, value: object, after: str) -> None:
+    """Set ``key`` in a params.yaml section, a new key after the key ``after``."""
+    if key in section:
+        section[key] = value
+    else:
+        section.insert(list(section).index(after) + 1, key, value)
 
 
 def _null(representer: Any, _: None) -> Any:
