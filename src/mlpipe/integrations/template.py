@@ -261,9 +261,7 @@ def params_text(text: str, answers: Answers) -> str:
     elif model.get("width") is None:
         model["width"] = ModelParams.model_fields["width"].default
     params["package"]["model_name"] = answers.model_name
-    out = io.StringIO()
-    yaml.dump(params, out)
-    made = out.getvalue()
+    made = _dumped(yaml, params)
     validate_config(Params, YAML(typ="safe").load(made), PARAMS_FILE, TemplateError)
     return made
 
@@ -281,6 +279,9 @@ def tune_text(text: str, answers: Answers) -> str:
     if IMAGE_ONLY_SEARCH not in searched:
         return text
     key, distribution = TABLE_SEARCH
+    if key in searched:  # the MLP's units searched already: the conv channels only go
+        del searched[IMAGE_ONLY_SEARCH]
+        return _dumped(yaml, space)
     # the same entry, its comments kept, renamed and given the table's range
     entry = searched[IMAGE_ONLY_SEARCH]
     for name in [name for name in entry if name not in distribution]:
@@ -288,8 +289,12 @@ def tune_text(text: str, answers: Answers) -> str:
     entry.update(distribution)
     searched.insert(list(searched).index(IMAGE_ONLY_SEARCH), key, entry)
     del searched[IMAGE_ONLY_SEARCH]
+    return _dumped(yaml, space)
+
+
+def _dumped(yaml: YAML, document: Any) -> str:
     out = io.StringIO()
-    yaml.dump(space, out)
+    yaml.dump(document, out)
     return out.getvalue()
 
 
