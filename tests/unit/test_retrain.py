@@ -70,6 +70,13 @@ def test_the_dataset_comes_from_data_source() -> None:
         dvc_file(parse_params({}))
 
 
+def test_a_tables_import_is_the_dvc_file_beside_its_csv() -> None:
+    table = {"dataset": "table", "source": "data/raw/loans.csv", "target": "default"}
+    assert dvc_file(parse_params({"data": table})) == Path("data/raw/loans.csv.dvc")
+    with pytest.raises(RetrainError, match=r"data\.source in params\.yaml is null"):
+        dvc_file(parse_params({"data": {"dataset": "penguins"}}))  # bundled: nothing imported
+
+
 def test_the_description_names_the_versions_and_holds_the_report_without_image_links(tmp_path: Path) -> None:
     data = Import.read(write(tmp_path / "digits.dvc", IMPORT))
     decision = gate.decide({"test_accuracy": 0.99, "test_macro_f1": 0.98}, parse_params({}).gate, None)

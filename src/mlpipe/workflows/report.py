@@ -2,7 +2,8 @@
 
 It holds the verdict (headline metric old → new and the gate's decision), whether the change
 is signal or noise (mlpipe.contracts.compare on both sides' test predictions), DVC's metrics and params
-diffs, per-class changes, the examples that changed verdict, what the model costs to serve
+diffs, per-class changes, the examples that changed verdict (images in grids, a table's rows in
+markdown tables), what the model costs to serve
 (mlpipe.workflows.cost, both packages timed in this run), and PNG figures old vs new (training curves,
 confusion matrices) in a folder beside the report, linked by relative path. The revision's
 files are read with `git show`: the metrics and plot files are small and committed
@@ -26,7 +27,8 @@ import numpy as np
 import yaml
 
 from mlpipe.contracts import compare
-from mlpipe.contracts.data import read_schema, read_split
+from mlpipe.contracts.data import read_any_schema, read_examples
+from mlpipe.contracts.table import Table, TableSchema
 from mlpipe.core import atomic, paths, tables, vcs
 from mlpipe.core.errors import MlpipeError
 from mlpipe.core.params import load_params
@@ -449,7 +451,8 @@ def changed_examples(
     new: compare.Predictions | None,
     result: compare.Comparison | None,
 ) -> list[Block]:
-    """Grids of the test images that went right → wrong and wrong → right (paired only)."""
+    """The test examples that went right → wrong and wrong → right (paired only): images in
+    grids, a table's rows in markdown tables."""
     if old is None or new is None or result is None or not result.paired:
         return ["Not shown: the two sides' test examples cannot be paired."]
     actual = new.actual
@@ -457,33 +460,62 @@ def changed_examples(
     lines: list[Block] = [f"{len(now_wrong)} right → wrong, {len(now_right)} wrong → right."]
     if not now_wrong and not now_right:
         return lines
+    what = "Images"
     try:
-        schema = read_schema()
-        test = read_split(paths.TEST_SPLIT, schema=schema)
+        schema = read_any_schema()
+        what = "Rows" if isinstance(schema, TableSchema) else what
+        test = read_examples(paths.TEST_SPLIT, schema)
     except MlpipeError as e:
-        return [*lines, "", f"Images unavailable: {e}"]
+        return [*lines, "", f"{what} unavailable: {e}"]
     if [schema.classes[label] for label in test.labels] != list(actual):
         return [
             *lines,
             "",
-            f"Images unavailable: {paths.PREPARED_DIR} does not hold these predictions' test split.",
+            f"{what} unavailable: {paths.PREPARED_DIR} does not hold these predictions' test split.",
         ]
-    for indices, file, title, shown_prediction in (
-        (now_wrong, NOW_WRONG_PNG, "right → wrong (true → new prediction)", new.predicted),
-        (now_right, NOW_RIGHT_PNG, "wrong → right (true → old prediction)", old.predicted),
+    for indices, file, title, shown_prediction, which in (
+        (now_wrong, NOW_WRONG_PNG, "right → wrong (true → new prediction)", new.predicted, "New"),
+        (now_right, NOW_RIGHT_PNG, "wrong → right (true → old prediction)", old.predicted, "Old"),
     ):
         if not indices:
             continue
         chosen = indices[:CHANGED_SHOWN]
+        true, predicted = [actual[i] for i in chosen], [shown_prediction[i] for i in chosen]
+        more = f", first {CHANGED_SHOWN} of {len(indices)}" if len(indices) > CHANGED_SHOWN else ""
+        lines += ["", f"**{title}**{more}:", ""]
+        if isinstance(test, Table):
+            lines += rows_table(test, chosen, true, predicted, f"{which} prediction")
+            continue
         draw = partial(
             plots.misclassified_png,
             images=test.images[chosen],
-            true=[actual[i] for i in chosen],
-            predicted=[shown_prediction[i] for i in chosen],
+            true=true,
+            predicted=predicted,
             limit=CHANGED_SHOWN,
         )
-        more = f", first {CHANGED_SHOWN} of {len(indices)}" if len(indices) > CHANGED_SHOWN else ""
-        lines += ["", f"**{title}**{more}:", "", Figure(title, file, draw)]
+        lines.append(Figure(title, file, draw))
+    return lines
+
+
+def _cell(value: float | str | None) -> str:
+    """A value as a markdown table cell: blank where missing, a pipe escaped."""
+    if value is None:
+        return ""
+    text = f"{value:g}" if isinstance(value, float) else value
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def rows_table(
+    test: Table, chosen: Sequence[int], true: Sequence[str], predicted: Sequence[str], predicted_header: str
+) -> list[str]:
+    """The test split's rows at ``chosen`` as a markdown table: each row's number in the test
+    split's file (after the header), its values (blank where missing), its class and prediction."""
+    records = test.subset(np.asarray(chosen, dtype=np.int64)).records()
+    header = ["Row", *(_cell(name) for name in test.features), "Class", predicted_header]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for index, record, label, guess in zip(chosen, records, true, predicted, strict=True):
+        cells = [str(index + 1), *(_cell(value) for value in record.values()), _cell(label), _cell(guess)]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
