@@ -17,6 +17,9 @@ DASHBOARD = MONITORING_DIR / "mlpipe-dashboard.json"
 RULES_TESTS = REPO_ROOT / "tests/data/monitoring/rules.test.yaml"
 # Series Prometheus makes itself rather than scraping them.
 PROMETHEUS_OWN = {"ALERTS", "ALERTS_FOR_STATE", "up"}
+# Metrics only one kind of model exports: an image model's input histogram, a table model's columns.
+IMAGE_MODEL_METRICS = {"mlpipe_input_mean_intensity_bucket"}
+TABLE_MODEL_METRICS = {"mlpipe_column_drift_score"}
 PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool"}
 
 

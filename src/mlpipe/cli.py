@@ -109,17 +109,19 @@ def serve(ctx: typer.Context) -> None:
 @app.command()
 def predict(
     url: Annotated[str, typer.Option(help="Base URL of the model server, e.g. http://127.0.0.1:8080.")],
-    n: Annotated[int, typer.Option("--n", help="Random test images to send, one request each.")] = 10,
+    n: Annotated[
+        int, typer.Option("--n", help="Random test images (or a table's rows) to send, one request each.")
+    ] = 10,
     protocol: Annotated[Literal["v1", "v2"], typer.Option(help="Inference protocol.")] = "v2",
     model_name: Annotated[
         str | None, typer.Option(help="Model to call (default: the one model the server lists).")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for drawing the images (default: random).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for drawing them (default: random).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each response.")] = 10.0,
     data_dir: Annotated[Path, typer.Option(help="The prepared data (test split).")] = paths.PREPARED_DIR,
     min_accuracy: Annotated[float, typer.Option(help="Fail if the accuracy is below this.")] = 0.0,
 ) -> None:
-    """Send random test images to a model server and print prediction vs truth and the accuracy."""
+    """Send random test images (or rows) to a model server and print prediction vs truth and the accuracy."""
     from mlpipe.serving.client import PredictionError, predict_samples
 
     result = predict_samples(url, n, protocol, model_name, seed, timeout, data_dir)
@@ -205,25 +207,42 @@ def drift(
     images: Annotated[
         Path | None, typer.Option(help="A .npy file of raw-pixel images [N, H, W] (default: --split).")
     ] = None,
+    rows: Annotated[
+        Path | None,
+        typer.Option(help="A table model's: a CSV file of rows, its header naming the model's columns."),
+    ] = None,
     split: Annotated[str, typer.Option(help="The prepared split to compare, without --images.")] = (
         paths.TEST_SPLIT
     ),
     data_dir: Annotated[Path, typer.Option(help="The prepared data (for --split).")] = paths.PREPARED_DIR,
     shift: Annotated[
         Literal["none", "invert", "brighten", "darken"],
-        typer.Option(help="Compare a shifted copy instead: what drift looks like."),
+        typer.Option(help="Compare a shifted copy of the images instead: what drift looks like."),
     ] = "none",
     threshold: Annotated[
         float | None, typer.Option(help="PSI at or above which the inputs have drifted (default 0.2).")
     ] = None,
 ) -> None:
-    """Compare a batch of images with the package's training profile; exit 1 if they drifted."""
+    """Compare a batch of images (or a table's rows, column by column) with the package's training
+    profile; exit 1 if they drifted."""
     from mlpipe.contracts import drift as drifting
+    from mlpipe.contracts import table
 
-    batch = drifting.load_images(images) if images else drifting.load_split(data_dir, split)
-    profile = drifting.read_profile(model_dir)
+    profile = drifting.read_any_profile(model_dir)
     limit = drifting.DRIFT_THRESHOLD if threshold is None else threshold
-    result = drifting.compare(profile, drifting.shifted(batch, shift, profile.pixel_max), limit)
+    result: drifting.DriftResult | drifting.TableDriftResult
+    if isinstance(profile, drifting.TableProfile):
+        if images or shift != "none":
+            raise MlpipeError(
+                f"{model_dir} holds a table model: compare rows (--rows or --split), not images"
+            )
+        features = drifting.load_rows(rows, profile) if rows else table.read_split(split, data_dir).features
+        result = drifting.compare_table(profile, features, limit)
+    else:
+        if rows:
+            raise MlpipeError(f"{model_dir} holds an image model: compare images (--images or --split)")
+        batch = drifting.load_images(images) if images else drifting.load_split(data_dir, split)
+        result = drifting.compare(profile, drifting.shifted(batch, shift, profile.pixel_max), limit)
     for line in result.lines():
         typer.echo(line)
     if result.drifted:

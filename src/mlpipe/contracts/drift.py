@@ -27,8 +27,11 @@ This module needs only NumPy: it runs in the slim serve image.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +40,7 @@ import numpy as np
 
 from mlpipe.contracts.data import read_split
 from mlpipe.contracts.manifest import PROFILE_FILE
-from mlpipe.contracts.table import Column, Table
+from mlpipe.contracts.table import Column, Table, parse_categories, parse_numbers
 from mlpipe.core.errors import ArtifactError, DataError, MlpipeError
 
 PROFILE_VERSION = 1
@@ -409,26 +412,115 @@ class TableDriftWindow:
         return max(scores) if scores else None
 
 
+@dataclass(frozen=True)
+class TableDriftResult:
+    """A batch of rows scored against a table model's profile, column by column."""
+
+    rows: int
+    scores: dict[str, float]  # each column's PSI, in the profile's order
+    threshold: float
+
+    @property
+    def psi(self) -> float:
+        """The table's drift score: the largest column's."""
+        return max(self.scores.values())
+
+    @property
+    def drifted(self) -> bool:
+        return self.psi >= self.threshold
+
+    @property
+    def drifted_columns(self) -> list[str]:
+        return [name for name, score in self.scores.items() if score >= self.threshold]
+
+    def lines(self) -> list[str]:
+        """What `mlpipe drift` prints: each column's PSI, then the verdict."""
+        width = max(len(name) for name in self.scores)
+        rows = [f"{'column':<{width}}  {'PSI':>7}"]
+        rows += [
+            f"{name:<{width}}  {score:>7.4f}{'  DRIFT' if score >= self.threshold else ''}"
+            for name, score in self.scores.items()
+        ]
+        verdict = f"DRIFT in {', '.join(self.drifted_columns)}" if self.drifted else "no drift"
+        rows.append(
+            f"PSI {self.psi:.4f} (the largest column's) over {self.rows} rows "
+            f"(threshold {self.threshold:g}): {verdict}"
+        )
+        return rows
+
+
 def compare_table(
     profile: TableProfile, features: dict[str, np.ndarray], threshold: float = DRIFT_THRESHOLD
-) -> dict[str, float]:
-    """Each column's PSI of a batch of rows against the profile (`mlpipe drift` on a table)."""
-    if not features or len(next(iter(features.values()))) == 0:
+) -> TableDriftResult:
+    """Score a batch of rows (column -> values [N]: numbers with NaN, text with None where
+    missing) against the profile, each column on its own (`mlpipe drift` on a table)."""
+    rows = len(next(iter(features.values()))) if features else 0
+    if rows == 0:
         raise MlpipeError("no rows to compare with the drift profile")
     scores = {}
     for column in profile.columns:
         counts = np.bincount(column.bin_of(features[column.name]), minlength=column.bins)
         scores[column.name] = column.psi(counts)
-    return scores
+    return TableDriftResult(rows, scores, threshold)
 
 
 def read_any_profile(model_dir: Path) -> Profile | TableProfile:
-    """The drift profile shipped in a package, an image model's or a table model's."""
+    """The drift profile shipped in a package, an image model's or a table model's; ArtifactError
+    if it is missing or malformed."""
     path = model_dir / PROFILE_FILE
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(raw, dict) and raw.get("feature") == TABLE_FEATURE:
-            return TableProfile.from_json(raw)
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
-        pass  # read_profile says what is wrong
-    return read_profile(model_dir)
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        raw = None  # read_profile says what is wrong
+    if not (isinstance(raw, dict) and raw.get("feature") == TABLE_FEATURE):
+        return read_profile(model_dir)
+    try:
+        return TableProfile.from_json(raw)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ArtifactError(
+            f"{path}: malformed drift profile ({e}); rebuild it with `dvc repro package`"
+        ) from e
+
+
+def read_table_profile(model_dir: Path, columns: Sequence[Column]) -> TableProfile:
+    """The profile of a table package whose model takes ``columns``; ArtifactError if it is not
+    that model's."""
+    profile = read_any_profile(model_dir)
+    expected = [(column.name, column.type) for column in columns]
+    if isinstance(profile, TableProfile):
+        found = [(column.name, column.type) for column in profile.columns]
+        if found == expected:
+            return profile
+    raise ArtifactError(
+        f"{model_dir / PROFILE_FILE}: does not profile the columns the model takes, {expected}; "
+        "rebuild the package with `dvc repro package`"
+    )
+
+
+def load_rows(path: Path, profile: TableProfile) -> dict[str, np.ndarray]:
+    """The profiled columns of a CSV file of rows (a header naming them; other columns are
+    ignored), read as prepare reads a table: numbers float64 with NaN, text with None where
+    missing; DataError saying what does not fit."""
+    columns = profile.columns
+    try:
+        lines = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: not found") from e
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: not a UTF-8 CSV file ({e})") from e
+    header, body = (lines[0], lines[1:]) if lines else ([], [])
+    missing = [column.name for column in columns if column.name not in header]
+    if missing:
+        raise DataError(
+            f"{path}: the header lacks the model's columns {missing}; the model takes "
+            f"{[column.name for column in columns]} (other columns are ignored)"
+        )
+    if any(len(row) != len(header) for row in body):
+        raise DataError(f"{path}: rows of unequal length; every row has one field per header column")
+    texts = {name: [row[i] for row in body] for i, name in enumerate(header)}
+    return {
+        column.name: parse_numbers(column.name, texts[column.name])
+        if column.is_number
+        else parse_categories(texts[column.name])
+        for column in columns
+    }

@@ -232,7 +232,7 @@ class Edge:
     async def _too_large(self, scope: Scope, receive: Receive, send: Send, error: BodyTooLargeError) -> None:
         message = (
             f"the request body is larger than this server accepts ({self.max_body_bytes} "
-            "bytes, set by `mlpipe serve --max-body-bytes`); send fewer images per request"
+            "bytes, set by `mlpipe serve --max-body-bytes`); send fewer images (or rows) per request"
         )
         response = reject(scope, 413, message, error)
         # The status line goes first, so a client waiting for "100 Continue" sends no body. A

@@ -1,9 +1,11 @@
-"""The model `mlpipe serve` serves: a KServe `Model` over a package built by the pipeline.
+"""The models `mlpipe serve` serves: KServe `Model`s over a package built by the pipeline.
 
-`ImageClassifier` follows KServe's sklearnserver: `__init__` stores settings, `load()` reads and
-checks the package and sets `ready`, `predict()` runs the ONNX model on a request's images in
-one forward pass; a bad payload raises `InvalidInput` (HTTP 400). The protocols it answers and
-their request-latency metrics are KServe's; its own metrics and drift window are `metrics`'.
+`Classifier` follows KServe's sklearnserver: `__init__` stores settings, `load()` reads and
+checks the package and sets `ready`, `predict()` runs the ONNX model on a request's inputs in one
+forward pass; a bad payload raises `InvalidInput` (HTTP 400). What differs by the kind of input
+is its subclasses': `ImageClassifier` takes images (raw pixels, or image files), `TableClassifier`
+rows of named columns. The protocols it answers and their request-latency metrics are KServe's;
+its own metrics and drift window are `metrics`'.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import onnxruntime
@@ -20,10 +22,20 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from mlpipe.contracts import drift
-from mlpipe.contracts.manifest import INPUT_DTYPE, ONNX_INPUT_DTYPES
+from mlpipe.contracts.manifest import INPUT_DTYPE, ONNX_INPUT_DTYPES, TableInput
+from mlpipe.contracts.table import CATEGORY, NUMBER, model_inputs
 from mlpipe.core.errors import ArtifactError
 from mlpipe.serving.metrics import ModelMonitor, monitored
-from mlpipe.serving.model_package import InputSpec, ModelPackage, read_package
+from mlpipe.serving.model_package import (
+    InputSpec,
+    ModelPackage,
+    Package,
+    TablePackage,
+    is_table_package,
+    read_package,
+    read_table_package,
+)
+from mlpipe.serving.table_inputs import Features, v1_rows, v2_rows
 from mlpipe.serving.validation import BadInput, v1_images, v2_images
 
 log = logging.getLogger(__name__)
@@ -40,11 +52,17 @@ MODEL_LOAD_ERRORS = (
     ort_errors.NotImplemented,
     ort_errors.RuntimeException,
 )
+# A table model's graph input per column type (mlpipe.contracts.table.model_inputs), and its V2 datatype.
+ONNX_COLUMN_TYPES = {NUMBER: "tensor(float)", CATEGORY: "tensor(string)"}
+V2_COLUMN_DATATYPES = {NUMBER: "FP32", CATEGORY: "BYTES"}
+
+P = TypeVar("P", bound=Package)
+X = TypeVar("X", bound=np.ndarray | dict[str, np.ndarray])  # a request's checked inputs
 
 
-class ImageClassifier(Model):
-    """Classifies images given as raw pixels (or, for a model trained on image files, as the files);
-    returns class index, label, probabilities."""
+class Classifier(Model, Generic[P, X]):
+    """Classifies a request's inputs; returns class index, label, probabilities. Subclasses say
+    how a package and a request's inputs are read, and what the graph takes."""
 
     name: str  # kserve's Model sets it
 
@@ -62,24 +80,47 @@ class ImageClassifier(Model):
         self.monitoring = monitoring
         self.drift_window = drift_window
         self.monitor: ModelMonitor | None = None
-        self.package: ModelPackage | None = None
+        self.package: P | None = None
         self.session: onnxruntime.InferenceSession | None = None
-        self.model_dtype = np.dtype(INPUT_DTYPE)  # what the loaded graph takes (set by load)
+
+    # What a subclass says about its kind of input.
+    def _read_package(self) -> P:
+        raise NotImplementedError
+
+    def _graph_inputs(self, package: P) -> dict[str, tuple[str, ...]]:
+        """The graph's inputs, in order, each with the ONNX types it may take."""
+        raise NotImplementedError
+
+    def _read_profile(self, package: P) -> drift.Profile | drift.TableProfile:
+        raise NotImplementedError
+
+    def _v1_inputs(self, body: Any, package: P) -> X:
+        raise NotImplementedError
+
+    def _v2_inputs(self, request: InferRequest, package: P) -> X:
+        raise NotImplementedError
+
+    def probabilities(self, inputs: X) -> np.ndarray:
+        """Class probabilities [N, C] of checked inputs, in one forward pass."""
+        raise NotImplementedError
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
 
     def load(self) -> bool:
         """Read and check the package, create the ONNX Runtime session, and become ready."""
-        package = read_package(self.model_dir)
+        package = self._read_package()
         self.session = self._session(package)
         self.package = package
         self.name = self.name or package.name
         if self.monitoring:
-            profile = drift.read_profile(self.model_dir)
+            profile = self._read_profile(package)
             self.monitor = ModelMonitor(self.name, package.labels, profile, self.drift_window)
         self.ready = True
         log.info("loaded %s from %s (%d classes)", self.name, self.model_dir, len(package.labels))
         return self.ready
 
-    def _session(self, package: ModelPackage) -> onnxruntime.InferenceSession:
+    def _session(self, package: P) -> onnxruntime.InferenceSession:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -91,19 +132,19 @@ class ImageClassifier(Model):
             )
         except MODEL_LOAD_ERRORS as e:
             raise ArtifactError(f"{self.model_dir}: the ONNX model cannot be loaded ({e})") from e
+        expected = self._graph_inputs(package)
         io_names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-        if io_names != ([package.input.name], [package.output_name]):
+        if io_names != (list(expected), [package.output_name]):
             raise ArtifactError(
                 f"{self.model_dir}: the ONNX model has inputs/outputs {io_names}, the manifest says "
-                f"{([package.input.name], [package.output_name])}"
+                f"{(list(expected), [package.output_name])}"
             )
-        onnx_type = session.get_inputs()[0].type
-        if onnx_type not in ONNX_INPUT_DTYPES:
-            raise ArtifactError(
-                f"{self.model_dir}: the ONNX model takes {onnx_type}; packages take one of "
-                f"{', '.join(sorted(ONNX_INPUT_DTYPES))}"
-            )
-        self.model_dtype = np.dtype(ONNX_INPUT_DTYPES[onnx_type])
+        for graph_input in session.get_inputs():
+            if graph_input.type not in expected[graph_input.name]:
+                raise ArtifactError(
+                    f"{self.model_dir}: the ONNX model takes {graph_input.type} as {graph_input.name!r}; "
+                    f"packages take one of {', '.join(sorted(expected[graph_input.name]))}"
+                )
         return session
 
     @property
@@ -111,33 +152,15 @@ class ImageClassifier(Model):
         """The package's version (the start of its model's sha256); None before load()."""
         return self.package.version if self.package else None
 
-    @property
-    def input_spec(self) -> InputSpec:
-        """What one request may carry, as the package says; load() first."""
-        return self._ready_parts()[0].input
-
-    def _ready_parts(self) -> tuple[ModelPackage, onnxruntime.InferenceSession]:
+    def _ready_parts(self) -> tuple[P, onnxruntime.InferenceSession]:
         if self.package is None or self.session is None:
-            raise RuntimeError("ImageClassifier.load() has not run")
+            raise RuntimeError(f"{type(self).__name__}.load() has not run")
         return self.package, self.session
 
-    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities [N, C] for checked pixels [N, H, W] (or [N, H, W, 3]), in one
-        forward pass."""
-        package, session = self._ready_parts()
-        # The model takes the data's own dtype (the manifest's); fractional pixels, which only a
-        # V1 or FP32 request can carry, go to the nearest whole value. A package made before
-        # that (a rollback's) takes float32 as it comes.
-        if self.model_dtype.kind == "f":
-            model_input = pixels.astype(self.model_dtype, copy=False)
-        else:
-            model_input = np.rint(pixels).astype(self.model_dtype, copy=False)
-        return session.run([package.output_name], {package.input.name: model_input})[0]
-
-    def _classified(self, pixels: np.ndarray) -> np.ndarray:
-        probabilities = self.probabilities(pixels)
+    def _classified(self, inputs: X) -> np.ndarray:
+        probabilities = self.probabilities(inputs)
         if self.monitor is not None:
-            self.monitor.observe(pixels, probabilities)
+            self.monitor.observe(inputs, probabilities)
         return probabilities
 
     @monitored
@@ -145,13 +168,13 @@ class ImageClassifier(Model):
         """V1 body -> ``{"predictions": [...]}``; V2 request -> InferResponse with three outputs."""
         package, _ = self._ready_parts()
         if isinstance(payload, InferRequest):
-            probabilities = self._classified(v2_images(payload, package.input))
+            probabilities = self._classified(self._v2_inputs(payload, package))
             return self._v2_response(payload, probabilities)
         if isinstance(payload, bytes | str):
             raise BadInput(
                 "content_type", "the request body must be JSON sent with Content-Type: application/json"
             )
-        probabilities = self._classified(v1_images(payload, package.input))
+        probabilities = self._classified(self._v1_inputs(payload, package))
         classes = probabilities.argmax(axis=1).tolist()
         return {
             "predictions": [
@@ -178,11 +201,6 @@ class ImageClassifier(Model):
             requested_outputs=request.request_outputs,
         )
 
-    def get_input_types(self) -> list[dict[str, Any]]:
-        package, _ = self._ready_parts()
-        shape = [-1, *package.input.image_shape]
-        return [{"name": package.input.name, "datatype": package.input.datatype, "shape": shape}]
-
     def get_output_types(self) -> list[dict[str, Any]]:
         package, _ = self._ready_parts()
         classes = len(package.labels)
@@ -191,3 +209,95 @@ class ImageClassifier(Model):
             {"name": "label", "datatype": "BYTES", "shape": [-1]},
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
         ]
+
+
+class ImageClassifier(Classifier[ModelPackage, np.ndarray]):
+    """Classifies images given as raw pixels (or, for a model trained on image files, as the files)."""
+
+    model_dtype = np.dtype(INPUT_DTYPE)  # what the loaded graph takes (set by load)
+
+    def _read_package(self) -> ModelPackage:
+        return read_package(self.model_dir)
+
+    def _graph_inputs(self, package: ModelPackage) -> dict[str, tuple[str, ...]]:
+        return {package.input.name: tuple(ONNX_INPUT_DTYPES)}
+
+    def _session(self, package: ModelPackage) -> onnxruntime.InferenceSession:
+        session = super()._session(package)
+        self.model_dtype = np.dtype(ONNX_INPUT_DTYPES[session.get_inputs()[0].type])
+        return session
+
+    def _read_profile(self, package: ModelPackage) -> drift.Profile:
+        return drift.read_profile(self.model_dir)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """What one request may carry, as the package says; load() first."""
+        return self._ready_parts()[0].input
+
+    def _v1_inputs(self, body: Any, package: ModelPackage) -> np.ndarray:
+        return v1_images(body, package.input)
+
+    def _v2_inputs(self, request: InferRequest, package: ModelPackage) -> np.ndarray:
+        return v2_images(request, package.input)
+
+    def probabilities(self, inputs: np.ndarray) -> np.ndarray:
+        """Class probabilities [N, C] for checked pixels [N, H, W] (or [N, H, W, 3]), in one
+        forward pass."""
+        package, session = self._ready_parts()
+        # The model takes the data's own dtype (the manifest's); fractional pixels, which only a
+        # V1 or FP32 request can carry, go to the nearest whole value. A package made before
+        # that (a rollback's) takes float32 as it comes.
+        if self.model_dtype.kind == "f":
+            model_input = inputs.astype(self.model_dtype, copy=False)
+        else:
+            model_input = np.rint(inputs).astype(self.model_dtype, copy=False)
+        return session.run([package.output_name], {package.input.name: model_input})[0]
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        package, _ = self._ready_parts()
+        shape = [-1, *package.input.image_shape]
+        return [{"name": package.input.name, "datatype": package.input.datatype, "shape": shape}]
+
+
+class TableClassifier(Classifier[TablePackage, Features]):
+    """Classifies rows of named columns, numbers and categories, with gaps where a value is missing."""
+
+    def _read_package(self) -> TablePackage:
+        return read_table_package(self.model_dir)
+
+    def _graph_inputs(self, package: TablePackage) -> dict[str, tuple[str, ...]]:
+        return {column.name: (ONNX_COLUMN_TYPES[column.type],) for column in package.input.columns}
+
+    def _read_profile(self, package: TablePackage) -> drift.TableProfile:
+        return drift.read_table_profile(self.model_dir, package.input.columns)
+
+    @property
+    def input_spec(self) -> TableInput:
+        """What one request may carry, as the package says; load() first."""
+        return self._ready_parts()[0].input
+
+    def _v1_inputs(self, body: Any, package: TablePackage) -> Features:
+        return v1_rows(body, package.input)
+
+    def _v2_inputs(self, request: InferRequest, package: TablePackage) -> Features:
+        return v2_rows(request, package.input)
+
+    def probabilities(self, inputs: Features) -> np.ndarray:
+        """Class probabilities [N, C] for checked columns (float64 with NaN, or text with None
+        where missing), in one forward pass."""
+        package, session = self._ready_parts()
+        feed = model_inputs(package.input.columns, inputs)
+        return session.run([package.output_name], feed)[0]
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        package, _ = self._ready_parts()
+        return [
+            {"name": column.name, "datatype": V2_COLUMN_DATATYPES[column.type], "shape": [-1]}
+            for column in package.input.columns
+        ]
+
+
+def classifier_class(model_dir: Path) -> type[ImageClassifier] | type[TableClassifier]:
+    """The class that serves the package in ``model_dir``: by the kind of its model's input."""
+    return TableClassifier if is_table_package(model_dir) else ImageClassifier

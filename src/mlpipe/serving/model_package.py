@@ -1,7 +1,8 @@
 """Reading models/package/ (package.json + the ONNX file it names) for serving, with checks.
 
 The manifest's format is mlpipe.contracts.manifest's; this module checks a package on disk against it,
-without importing torch, so it can run in the slim serve image.
+without importing torch, so it can run in the slim serve image. An image model's package is a
+`ModelPackage`, a table model's a `TablePackage` (its input: mlpipe.contracts.manifest.TableInput).
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from typing import Any
 
 from mlpipe.contracts.data import image_array_shape
 from mlpipe.contracts.images import ImageDecoding
-from mlpipe.contracts.manifest import MANIFEST_FILE, READABLE_FORMATS, PackageManifest
+from mlpipe.contracts.manifest import (
+    MANIFEST_FILE,
+    READABLE_FORMATS,
+    PackageInput,
+    PackageManifest,
+    TableInput,
+)
+from mlpipe.contracts.table import TABLE_KIND
 from mlpipe.core.errors import ArtifactError
 from mlpipe.core.tables import read_json
 
@@ -48,15 +56,28 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
-class ModelPackage:
+class Package:
     """A checked package: the model bytes and what the manifest says about them."""
 
     name: str
     version: str
     model_bytes: bytes
-    input: InputSpec
     output_name: str
     labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelPackage(Package):
+    """An image model's package."""
+
+    input: InputSpec
+
+
+@dataclass(frozen=True)
+class TablePackage(Package):
+    """A table model's package: one model input per column, named after it."""
+
+    input: TableInput
 
 
 def _manifest(model_dir: Path) -> dict[str, Any]:
@@ -95,32 +116,67 @@ def _model_bytes(model_dir: Path, manifest: PackageManifest) -> bytes:
     return data
 
 
-def read_package(model_dir: Path) -> ModelPackage:
-    """Read and check the package in ``model_dir``; raise ArtifactError saying what is wrong."""
+def _image_spec(spec: PackageInput) -> InputSpec:
+    return InputSpec(
+        spec.name,
+        spec.height,
+        spec.width,
+        spec.pixel_max,
+        spec.max_batch_size,
+        V2_DATATYPES[spec.dtype],
+        spec.channels,
+        spec.decoding,
+    )
+
+
+def read_any_package(model_dir: Path) -> ModelPackage | TablePackage:
+    """Read and check the package in ``model_dir``, an image model's or a table model's; raise
+    ArtifactError saying what is wrong."""
     raw = _manifest(model_dir)
     try:
         manifest = PackageManifest.from_json(raw)
-        spec = manifest.input
-        datatype = V2_DATATYPES[spec.dtype]
+        spec = manifest.input if isinstance(manifest.input, TableInput) else _image_spec(manifest.input)
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise ArtifactError(
             f"{model_dir / MANIFEST_FILE}: malformed manifest ({type(e).__name__}: {e}); "
             "rebuild it with `dvc repro package`"
         ) from e
-    return ModelPackage(
+    common = Package(
         name=manifest.name,
         version=manifest.model_sha256[:VERSION_DIGITS],
         model_bytes=_model_bytes(model_dir, manifest),
-        input=InputSpec(
-            spec.name,
-            spec.height,
-            spec.width,
-            spec.pixel_max,
-            spec.max_batch_size,
-            datatype,
-            spec.channels,
-            spec.decoding,
-        ),
         output_name=manifest.output_name,
         labels=manifest.labels,
     )
+    if isinstance(spec, TableInput):
+        return TablePackage(**vars(common), input=spec)
+    return ModelPackage(**vars(common), input=spec)
+
+
+def read_package(model_dir: Path) -> ModelPackage:
+    """Read and check the image model's package in ``model_dir``; raise ArtifactError saying what
+    is wrong (a table model's package among it)."""
+    package = read_any_package(model_dir)
+    if isinstance(package, TablePackage):
+        raise ArtifactError(
+            f"{model_dir}: a table model's package (its input is columns), where an image model's is needed"
+        )
+    return package
+
+
+def read_table_package(model_dir: Path) -> TablePackage:
+    """Read and check the table model's package in ``model_dir``; raise ArtifactError saying what
+    is wrong (an image model's package among it)."""
+    package = read_any_package(model_dir)
+    if not isinstance(package, TablePackage):
+        raise ArtifactError(
+            f"{model_dir}: an image model's package (its input is {package.input.name!r}), where a "
+            "table model's is needed"
+        )
+    return package
+
+
+def is_table_package(model_dir: Path) -> bool:
+    """Whether the package in ``model_dir`` holds a table model (ArtifactError if it is no package)."""
+    manifest_input = _manifest(model_dir).get("input")
+    return isinstance(manifest_input, dict) and manifest_input.get("kind") == TABLE_KIND

@@ -1,6 +1,7 @@
 """`mlpipe serve`: a package built by the pipeline on KServe's REST server (V1 and V2 protocols).
 
-The model is `ImageClassifier`; KServe's `ModelServer` holds it in its registry and data plane
+The model is an `ImageClassifier` or a `TableClassifier`, as the package's input is images or
+columns; KServe's `ModelServer` holds it in its registry and data plane
 and configures KServe's logging, and KServe's `RESTServer` serves its protocols, health
 endpoints and metrics. `ModelServer.start()` would listen on every interface, so the REST server
 runs here as `start()` runs it for one worker, through two of its public hooks: uvicorn's
@@ -25,16 +26,20 @@ from kserve.model_server import parser as kserve_parser
 from kserve.protocol.rest.server import RESTServer
 
 from mlpipe.contracts import drift
+from mlpipe.contracts.manifest import TableInput
 from mlpipe.core.errors import MlpipeError
 from mlpipe.serving.edge import AccessLog, install
 from mlpipe.serving.metrics import ModelMonitor
-from mlpipe.serving.model import DEFAULT_THREADS, ImageClassifier
+from mlpipe.serving.model import DEFAULT_THREADS, classifier_class
 from mlpipe.serving.model_package import InputSpec
 
 DEFAULT_MODEL_DIR = Path("/mnt/models")  # where KServe's storage initializer puts storageUri
 # Bytes one pixel may take in a JSON body ("16.000000000000004, "), and room for the rest.
 JSON_BYTES_PER_PIXEL = 24
 JSON_OVERHEAD_BYTES = 64 * 1024
+# Bytes one value of a row may take in a JSON body beside its column's name: a number in full
+# precision, or a category's level (of any length a client sends: room for a long one).
+JSON_BYTES_PER_VALUE = 64
 
 
 # A model that resizes image files takes files of any size, a camera's photos included: room for
@@ -42,9 +47,12 @@ JSON_OVERHEAD_BYTES = 64 * 1024
 IMAGE_FILES_BODY_BYTES = 16 * 2**20
 
 
-def default_max_body_bytes(spec: InputSpec) -> int:
-    """The largest body a full batch of ``spec``'s images needs as JSON, the most verbose encoding
-    (at least IMAGE_FILES_BODY_BYTES for a model that resizes image files)."""
+def default_max_body_bytes(spec: InputSpec | TableInput) -> int:
+    """The largest body a full batch of ``spec``'s images (or rows) needs as JSON, the most verbose
+    encoding (at least IMAGE_FILES_BODY_BYTES for a model that resizes image files)."""
+    if isinstance(spec, TableInput):  # V1's rows name every column in every row
+        row = sum(len(column.name) + JSON_BYTES_PER_VALUE for column in spec.columns)
+        return spec.max_batch_size * row + JSON_OVERHEAD_BYTES
     values = spec.height * spec.width * spec.channels
     pixels = spec.max_batch_size * values * JSON_BYTES_PER_PIXEL + JSON_OVERHEAD_BYTES
     resizes = spec.decoding is not None and spec.decoding.resize is not None
@@ -114,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-body-bytes",
         type=int,
         help="Largest request body accepted (413 beyond it); default: a full batch of the package's "
-        "max_batch_size images as JSON.",
+        "max_batch_size images (or rows) as JSON.",
     )
     parser.add_argument(
         "--access-log",
@@ -129,7 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="The model's metrics on /metrics and the drift window.",
     )
     parser.add_argument(
-        "--drift-window", type=int, default=drift.DEFAULT_WINDOW, help="Recent images the drift score covers."
+        "--drift-window",
+        type=int,
+        default=drift.DEFAULT_WINDOW,
+        help="Recent images (or rows) the drift score covers.",
     )
     # The model name defaults to the package's; gRPC is off (HTTP is what the InferenceService
     # exposes); KServe's latency line would be a second line per request.
@@ -150,7 +161,7 @@ def main(argv: list[str]) -> None:
         )
     if args.enable_grpc:
         raise MlpipeError("--enable_grpc: `mlpipe serve` serves REST only, what the InferenceService exposes")
-    model = ImageClassifier(
+    model = classifier_class(args.model_dir)(
         args.model_name,
         args.model_dir,
         threads=args.threads,

@@ -32,6 +32,9 @@ INPUT_PROBLEMS = (
     "body",
     "content_type",
     "image",
+    "column",
+    "not_text",
+    "number_values",
 )
 
 
@@ -167,7 +170,8 @@ def v1_images(body: Any, spec: InputSpec) -> np.ndarray:
     return _checked_pixels(array, spec, whole_numbers=False)
 
 
-def _tensor_data(tensor: InferInput) -> Any:
+def tensor_data(tensor: InferInput) -> Any:
+    """A V2 input's values: its JSON data, or a flat array of its binary data."""
     if tensor.data is not None:
         return tensor.data
     try:  # binary tensor data (gRPC raw contents)
@@ -189,7 +193,7 @@ def _v2_files(tensor: InferInput, spec: InputSpec) -> np.ndarray:
             f"input {spec.name!r} of {V2_FILES} holds one image file per element: shape [N]; got {shape}",
         )
     _check_batch_size(shape[0], spec)
-    elements = _tensor_data(tensor)
+    elements = tensor_data(tensor)
     if not isinstance(elements, list | np.ndarray) or len(elements) != shape[0]:
         found = len(elements) if isinstance(elements, list | np.ndarray) else type(elements).__name__
         raise BadInput(
@@ -228,7 +232,7 @@ def v2_images(request: InferRequest, spec: InputSpec) -> np.ndarray:
     if shape[1:] != list(spec.image_shape):
         raise BadInput("shape", f"input {spec.name!r} must have shape {_image_shape(spec)}; got {shape}")
     _check_batch_size(shape[0], spec)
-    array = _as_numeric_array(_tensor_data(tensor), f"the data of input {spec.name!r}")
+    array = _as_numeric_array(tensor_data(tensor), f"the data of input {spec.name!r}")
     if array.size != math.prod(shape):
         raise BadInput(
             "shape", f"input {spec.name!r}: shape {shape} needs {math.prod(shape)} values; got {array.size}"

@@ -231,7 +231,7 @@ def decode_request(body: bytes, headers: Mapping[str, str], model_name: str) -> 
 
 def _json_outputs(response: InferResponse) -> list[dict[str, Any]] | None:
     """The outputs as the response's JSON holds them, when every one is a NumPy array without
-    parameters (what `ImageClassifier` answers); None otherwise."""
+    parameters (what `model.Classifier` answers); None otherwise."""
     outputs = []
     for output in response.outputs:
         data = output.data
