@@ -31,6 +31,7 @@ from kubernetes_validate.utils import latest_version
 from prometheus_client import REGISTRY, generate_latest
 
 from mlpipe.contracts import drift
+from mlpipe.contracts.table import Column, Table
 from mlpipe.core.errors import MlpipeError
 from mlpipe.serving import edge, metrics, server
 from mlpipe.serving.model_package import InputSpec
@@ -82,10 +83,13 @@ def test_every_alert_has_a_severity_summary_and_description() -> None:
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
 
 
-def test_drift_alert_uses_the_drift_modules_threshold() -> None:
-    [rule] = [rule for rule in rules() if rule["alert"] == "MlpipeInputDrift"]
+@pytest.mark.parametrize(
+    ("alert", "title"), [("MlpipeInputDrift", "Input drift"), ("MlpipeColumnDrift", "Column drift")]
+)
+def test_drift_alerts_use_the_drift_modules_threshold(alert: str, title: str) -> None:
+    [rule] = [rule for rule in rules() if rule["alert"] == alert]
     assert rule["expr"].strip().endswith(f">= {drift.DRIFT_THRESHOLD}")
-    [panel] = [panel for panel in dashboard()["panels"] if panel["title"] == "Input drift"]
+    [panel] = [panel for panel in dashboard()["panels"] if panel["title"] == title]
     steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
     assert steps[-1]["value"] == drift.DRIFT_THRESHOLD
 
@@ -176,6 +180,7 @@ def test_dashboard_has_the_panels_an_on_call_engineer_needs() -> None:
         "Input drift",
         "Input mean intensity",
         "Replicas",
+        "Column drift",
     ]
     assert len({panel["id"] for panel in board["panels"]}) == len(titles)
     assert all(panel["targets"] for panel in board["panels"])
@@ -188,6 +193,13 @@ def test_dashboard_has_the_panels_an_on_call_engineer_needs() -> None:
 
 PROFILE = drift.Profile.of(np.arange(64 * 100, dtype=np.uint8).reshape(100, 8, 8) % 17, 16)
 LABELS = tuple(str(i) for i in range(10))
+SIZE = Column("size", "number", mean=5.0, std=2.0, minimum=0.0, maximum=9.0)
+COLOUR = Column("colour", "category", levels=("blue", "red"))
+ROWS = {
+    "size": np.arange(100, dtype=np.float64) % 10,
+    "colour": np.array(["blue", "red", None, "red"] * 25, dtype=object),
+}
+TABLE_PROFILE = drift.TableProfile.of(Table(ROWS, np.zeros(100, dtype=np.int64), ("a",)), (SIZE, COLOUR))
 
 
 def sample(name: str, model: str, **labels: str) -> float | None:
@@ -196,6 +208,7 @@ def sample(name: str, model: str, **labels: str) -> float | None:
 
 def test_monitor_exports_every_model_metric_the_dashboard_and_rules_use() -> None:
     metrics.ModelMonitor("unit-export", LABELS, PROFILE, window=10)
+    metrics.ModelMonitor("unit-export-table", LABELS, TABLE_PROFILE, window=10)
     exported = exported_names(generate_latest(REGISTRY).decode())
     ours = {name for name in used_metric_names() if name.startswith("mlpipe_")}
     assert ours and ours <= exported  # KServe's own are checked on a live server (tests/e2e)
@@ -217,6 +230,25 @@ def test_monitor_counts_classes_confidence_and_fills_the_drift_window() -> None:
     assert np.isnan(sample("mlpipe_drift_score", "unit-counts"))
     monitor.observe(np.full((1, 8, 8), 16, dtype=np.float32), probabilities[:1])
     assert sample("mlpipe_drift_score", "unit-counts") > drift.DRIFT_THRESHOLD  # all-white images
+
+
+def test_table_monitor_scores_each_column_and_the_model_by_the_largest() -> None:
+    monitor = metrics.ModelMonitor("unit-table", LABELS, TABLE_PROFILE, window=4)
+    probabilities = np.full((2, 10), 0.1, dtype=np.float32)
+    first = {"size": np.array([9.0, 9.0]), "colour": np.array(["blue", "red"], dtype=object)}
+    second = {"size": np.array([9.0, 9.0]), "colour": np.array(["red", None], dtype=object)}
+    monitor.observe(first, probabilities)
+    assert np.isnan(sample("mlpipe_column_drift_score", "unit-table", column="size"))
+    assert sample("mlpipe_drift_window_images", "unit-table") == 2
+    # The window is full: every size in the largest bin; the colours in the training mix.
+    monitor.observe(second, probabilities)
+    window = {name: np.concatenate([first[name], second[name]]) for name in first}
+    expected = drift.compare_table(TABLE_PROFILE, window).scores
+    scores = {name: sample("mlpipe_column_drift_score", "unit-table", column=name) for name in expected}
+    assert scores == pytest.approx(expected)
+    assert scores["size"] > max(drift.DRIFT_THRESHOLD, scores["colour"])
+    assert sample("mlpipe_drift_score", "unit-table") == pytest.approx(scores["size"])
+    assert sample("mlpipe_input_mean_intensity_count", "unit-table") is None  # images' only
 
 
 SPEC = Spec("pixels", 8, 8, 16, 4, list(LABELS), "model")
