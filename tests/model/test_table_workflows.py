@@ -1,5 +1,5 @@
-"""The workflows on a table model: the report lists the rows that changed verdict, and the gate
-promotes it and judges the next candidate against it."""
+"""The workflows on a table model: its cost is timed on rows, the report lists the rows that
+changed verdict, and the gate promotes it and judges the next candidate against it."""
 
 from __future__ import annotations
 
@@ -7,18 +7,70 @@ import csv
 import shutil
 from pathlib import Path
 
+import numpy as np
+import onnxruntime
 import pytest
 
 from mlpipe.contracts import compare, table
+from mlpipe.contracts.manifest import MANIFEST_FILE, PackageManifest, TableInput
+from mlpipe.core import tables
 from mlpipe.core.params import parse_params
 from mlpipe.tracking import registry
-from mlpipe.workflows import gate, report
+from mlpipe.workflows import cost, gate, report
 from tests.conftest import MODEL_NAME, TINY_TABLE_PARAMS
 
 
 @pytest.fixture(scope="module")
 def project(built_table_project: Path) -> Path:
     return built_table_project
+
+
+def columns(project: Path) -> tuple[table.Column, ...]:
+    raw = tables.read_json(project / "models/package" / MANIFEST_FILE, "", "")
+    spec = PackageManifest.from_json(raw).input
+    assert isinstance(spec, TableInput)
+    return spec.columns
+
+
+def test_random_rows_hold_values_of_the_training_split_in_the_types_the_model_takes(project: Path) -> None:
+    rows = cost.table_rows(columns(project), 50, np.random.default_rng(0))
+    for column in columns(project):
+        values = rows[column.name]
+        assert values.shape == (50,)
+        if column.is_number:
+            assert values.dtype == np.float32
+            assert np.all((column.minimum <= values) & (values <= column.maximum))
+        else:
+            assert set(values.tolist()) <= set(column.levels)
+    model = (project / "models/package/model.onnx").read_bytes()
+    session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+    probabilities = session.run(["probabilities"], rows)[0]
+    assert probabilities.shape == (50, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_table_package_is_timed_on_rows(project: Path) -> None:
+    package = project / "models/package"
+    costs = cost.measure({"base": package, "workspace": package})
+    manifest = PackageManifest.from_json(tables.read_json(package / MANIFEST_FILE, "", ""))
+    for measured in costs.values():
+        assert measured.example == "row"
+        assert measured.batch_size == min(cost.BATCH_SIZE, manifest.input.max_batch_size)
+        assert measured.parameters == cost.parameter_count((package / "model.onnx").read_bytes())
+        assert measured.package_bytes == cost.package_bytes(package)
+        assert measured.single_ms > 0
+        assert measured.batch_ms > 0
+
+
+def test_the_reports_cost_table_gives_the_latency_of_one_row(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(project)  # a project without DVC: no base package to fetch
+    lines = report.cost_table("main", "0" * 40)
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in lines if line.startswith("| ")}
+    assert "latency, 1 row (ms, median)" in rows
+    assert "latency, 1 image (ms, median)" not in rows
+    assert any(line.startswith("The package of `main` is unavailable (") for line in lines)
 
 
 def predictions(actual: list[str], wrong: set[int], classes: tuple[str, ...]) -> compare.Predictions:

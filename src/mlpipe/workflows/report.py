@@ -547,10 +547,12 @@ def cost_table(base_label: str, base_commit: str) -> list[str]:
         except MlpipeError as e:
             return [f"Unavailable: {e}"]
     new, old = costs[WORKSPACE], costs.get("base")
+    # a project that moved from images to a table compares an image's latency with a row's
+    example = new.example if old is None or old.example == new.example else "example"
     rows: list[tuple[str, str, Callable[[cost.Cost], float]]] = [
         ("parameters", "{:,.0f}", lambda c: c.parameters),
         ("package size (kB)", "{:,.1f}", lambda c: c.package_bytes / 1000),
-        ("latency, 1 image (ms, median)", "{:.3f}", lambda c: c.single_ms),
+        (f"latency, 1 {example} (ms, median)", "{:.3f}", lambda c: c.single_ms),
         (f"latency, batch of {new.batch_size} (ms, median)", "{:.3f}", lambda c: c.batch_ms),
     ]
     lines = [
