@@ -11,7 +11,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 STAMP := $(VENV)/.setup-complete
 
-.PHONY: help setup repro verify test test-fast lint format bench bench-pipeline bench-fit dag mlflow-ui lock clean
+.PHONY: help setup repro verify test test-fast lint format bench bench-pipeline bench-fit bench-table dag mlflow-ui lock clean
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -47,13 +47,16 @@ format: setup ## Fix formatting and the auto-fixable lint findings
 	ruff format $(LINTED)
 	ruff check --fix $(LINTED)
 
-bench: bench-pipeline bench-fit bench-storage bench-serve ## Run every benchmark (figures in BENCHMARKS.md)
+bench: bench-pipeline bench-fit bench-table bench-storage bench-serve ## Run every benchmark (figures in BENCHMARKS.md)
 
 bench-pipeline: setup ## Time the full pipeline and a no-op `dvc repro` (needs hyperfine)
 	benchmarks/pipeline.sh
 
 bench-fit: setup ## Time train.fit against a bare PyTorch loop on the same model, data and schedule
 	python -m benchmarks.fit
+
+bench-table: setup ## Time the MLP on tables against scikit-learn pipelines on the same splits
+	python -m benchmarks.table
 
 dag: setup ## Draw the pipeline
 	dvc dag
